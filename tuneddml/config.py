@@ -1,0 +1,235 @@
+"""The trial configuration: one frozen, validated dataclass describes a trial completely.
+
+Every entry point (the ``train`` CLI, Ray Tune trials, tests) builds a :class:`TrialConfig` with
+:meth:`TrialConfig.from_flat` from flat keys, dotted for a component's parameters::
+
+    {"dataset": "glyphs-tiny", "loss": "supcon", "loss.lambda": 0.3, "sampler.samples_per_class": 4}
+
+Validation happens here, before anything runs: unknown keys, unknown components, unknown or
+out-of-range parameters raise :class:`~tuneddml.errors.ConfigError`. Component parameters are
+stored complete (defaults filled in), so ``to_flat()`` lists every setting of the trial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tuneddml.errors import ConfigError
+from tuneddml.registry import Registry, param_specs
+
+#: dotted prefix -> (name field, params field)
+COMPONENTS = {
+    "dataset": ("dataset", "dataset_params"),
+    "backbone": ("backbone", "backbone_params"),
+    "loss": ("loss", "loss_params"),
+    "miner": ("miner", "miner_params"),
+    "sampler": ("sampler", "sampler_params"),
+    "embedding_aug": ("embedding_aug", "embedding_aug_params"),
+}
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one trial needs. Field docs double as the catalog's help."""
+
+    # data
+    dataset: str = "glyphs"
+    data_root: str | None = None  # folder of a benchmark / cache folder for glyphs
+    image_size: int = 32
+    split: Literal["val", "test"] = "val"  # val: a class-disjoint fold of the training classes
+    num_folds: int = 4
+    fold: int = 0
+    # model
+    backbone: str = "small_cnn"
+    embedding_size: int = 64
+    # loss, miner, sampler
+    loss: str = "contrastive"
+    miner: str = "default"  # "default": the loss's own; "none": no mining
+    sampler: str = "m_per_class"
+    embedding_aug: str = "none"  # embedding-space augmentation between model and loss (DAS, IAA)
+    batch_size: int = 64
+    # optimisation
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 1e-3
+    proxy_lr: float = 1e-2  # learning rate of the loss's own parameters (proxies, beta, weights)
+    weight_decay: float = 0.0
+    epochs: int = 5
+    steps_per_epoch: int | None = None  # None: one pass over the training items
+    seed: int = 0
+    device: str = "auto"  # auto: CUDA where present, else CPU
+    amp: bool = False  # bfloat16 autocast on CUDA
+    threads: int | None = None  # torch CPU threads; None: torch's default
+    eval_batch_size: int = 512
+    # component parameters (dotted keys)
+    dataset_params: Mapping[str, Any] = field(default_factory=dict)
+    backbone_params: Mapping[str, Any] = field(default_factory=dict)
+    loss_params: Mapping[str, Any] = field(default_factory=dict)
+    miner_params: Mapping[str, Any] = field(default_factory=dict)
+    sampler_params: Mapping[str, Any] = field(default_factory=dict)
+    embedding_aug_params: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, Any]) -> TrialConfig:
+        """Build and validate from flat keys (see the module docstring)."""
+        top: dict[str, Any] = {}
+        nested: dict[str, dict[str, Any]] = {prefix: {} for prefix in COMPONENTS}
+        for key, value in flat.items():
+            prefix, dot, rest = key.partition(".")
+            if dot:
+                if prefix not in COMPONENTS or not rest:
+                    raise ConfigError(key, value, f"a field or <component>.<param> with component one of "
+                                      f"{', '.join(COMPONENTS)}")
+                nested[prefix][rest] = value
+            elif key.endswith("_params") and isinstance(value, Mapping):
+                nested[key.removesuffix("_params")].update(value)
+            else:
+                top[key] = value
+        specs = {s.name: s for s in _TOP_SPECS}
+        checked: dict[str, Any] = {}
+        for key, value in top.items():
+            if key not in specs:
+                raise ConfigError(key, value, f"a trial setting: {', '.join(sorted(specs))}")
+            checked[key] = specs[key].coerce(value, key)
+        config = cls(**checked)
+        return config._with_components(nested)
+
+    def _with_components(self, nested: Mapping[str, Mapping[str, Any]]) -> TrialConfig:
+        registries = component_registries()
+        updates: dict[str, Any] = {}
+        for prefix, (name_field, params_field) in COMPONENTS.items():
+            name = getattr(self, name_field)
+            params = dict(getattr(self, params_field))
+            params.update(nested.get(prefix, {}))
+            if (prefix, name) in (("miner", "default"), ("miner", "none"), ("embedding_aug", "none")):
+                updates[params_field] = _check_no_params(prefix, name, params)
+                continue
+            registry = registries[prefix]
+            if prefix == "dataset":
+                for reserved in ("root", "image_size"):
+                    if reserved in params:
+                        raise ConfigError(f"dataset.{reserved}", params[reserved],
+                                          f"set it with the top-level key {'data_root' if reserved == 'root' else reserved}")
+                checked = registry.validate(name, params, field=prefix)
+                checked.pop("root", None)
+                checked.pop("image_size", None)
+            else:
+                checked = registry.validate(name, params, field=prefix)
+            updates[params_field] = checked
+        config = dataclasses.replace(self, **updates)
+        config._check_combination()
+        return config
+
+    def _check_combination(self) -> None:
+        from tuneddml.losses import resolve_miner
+
+        resolve_miner(self.loss, self.miner)
+        k = self.sampler_params.get("samples_per_class")
+        if isinstance(k, int) and self.batch_size % k:
+            raise ConfigError("sampler.samples_per_class", k, f"a divisor of batch_size={self.batch_size}")
+        if not 0 <= self.fold < self.num_folds:
+            raise ConfigError("fold", self.fold, f"an integer in [0, num_folds={self.num_folds})")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ConfigError("device", self.device, "auto, cpu, cuda or cuda:N")
+
+    def to_flat(self) -> dict[str, Any]:
+        """Flat keys, dotted for component parameters; ``from_flat(to_flat())`` round-trips."""
+        out: dict[str, Any] = {}
+        params_fields = {pf for _, pf in COMPONENTS.values()}
+        for f in dataclasses.fields(self):
+            if f.name not in params_fields:
+                out[f.name] = getattr(self, f.name)
+        for prefix, (_, params_field) in COMPONENTS.items():
+            for key, value in getattr(self, params_field).items():
+                out[f"{prefix}.{key}"] = value
+        return out
+
+    def replace(self, **flat: Any) -> TrialConfig:
+        """A copy with some flat keys changed, validated again."""
+        merged = self.to_flat()
+        # a new component name resets its parameters to that component's defaults
+        for prefix, (name_field, _) in COMPONENTS.items():
+            if name_field in flat and flat[name_field] != merged[name_field]:
+                merged = {k: v for k, v in merged.items() if not k.startswith(prefix + ".")}
+        merged.update(flat)
+        return TrialConfig.from_flat(merged)
+
+    @classmethod
+    def from_file(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> TrialConfig:
+        """Read a JSON or YAML file of flat (or nested ``*_params``) keys, then apply ``overrides``."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError("--config", str(path), "an existing JSON or YAML file")
+        text = path.read_text()
+        try:
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text) or {}
+            else:
+                data = json.loads(text)
+        except Exception as exc:
+            raise ConfigError("--config", str(path), f"valid JSON/YAML ({exc})") from None
+        if not isinstance(data, Mapping):
+            raise ConfigError("--config", str(path), "a mapping of trial settings")
+        flat = _flatten(data)
+        flat.update(overrides or {})
+        return cls.from_flat(flat)
+
+
+def _flatten(data: Mapping[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in COMPONENTS and isinstance(value, Mapping):
+            # nested form: {"loss": {"name": "supcon", "temperature": 0.1}}
+            value = dict(value)
+            if "name" in value:
+                flat[key] = value.pop("name")
+            for sub, v in value.items():
+                flat[f"{key}.{sub}"] = v
+        else:
+            flat[key] = value
+    return flat
+
+
+def _check_no_params(prefix: str, name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    if params:
+        raise ConfigError(f"{prefix}.{next(iter(params))}", next(iter(params.values())),
+                          f"no {prefix} parameters with {prefix}={name}: name a {prefix}")
+    return {}
+
+
+def component_registries() -> dict[str, Registry[Any]]:
+    """The registry behind each dotted prefix (imported lazily: it registers every component)."""
+    from tuneddml.data import DATASETS
+    from tuneddml.losses import LOSSES
+    from tuneddml.models import BACKBONES
+    from tuneddml.sampling import EMBEDDING_AUGMENTERS, MINERS, SAMPLERS
+
+    return {"dataset": DATASETS, "backbone": BACKBONES, "loss": LOSSES, "miner": MINERS, "sampler": SAMPLERS,
+            "embedding_aug": EMBEDDING_AUGMENTERS}
+
+
+_TOP_SPECS = param_specs(
+    TrialConfig,
+    {
+        "image_size": "[8, 1024]",
+        "num_folds": "[2, 100]",
+        "fold": "[0, 99]",
+        "embedding_size": "[2, 8192]",
+        "batch_size": "[2, 65536]",
+        "lr": "(0, 10]",
+        "proxy_lr": "(0, 1000]",
+        "weight_decay": "[0, 1]",
+        "epochs": "[1, 100000]",
+        "steps_per_epoch": "[1, 10000000]",
+        "threads": "[1, 1024]",
+        "eval_batch_size": "[1, 1000000]",
+    },
+    tuple(pf for _, pf in COMPONENTS.values()),
+    "trial config",
+)

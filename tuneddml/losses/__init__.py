@@ -1,0 +1,60 @@
+"""Losses, built by name from :data:`LOSSES`. Importing this package registers them all."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tuneddml.errors import ConfigError
+from tuneddml.losses.base import BaseLoss
+from tuneddml.registry import Registry
+
+LOSSES: Registry[BaseLoss] = Registry("loss")
+
+
+def resolve_miner(loss: str, miner: str) -> str | None:
+    """The miner a trial of ``loss`` uses: ``"default"`` is the loss's own default miner
+    (``BaseLoss.default_miner``), ``"none"`` none; a named miner must produce what the loss can use
+    (``BaseLoss.miner_outputs``)."""
+    from tuneddml.sampling import MINERS
+
+    cls = LOSSES.get(loss, "loss").factory
+    outputs: tuple[str, ...] = getattr(cls, "miner_outputs", ())
+    name = getattr(cls, "default_miner", None) if miner == "default" else miner
+    if name in (None, "none"):
+        return None
+    if not outputs:
+        raise ConfigError("miner", miner, f"default or none: loss {loss!r} takes no miner")
+    suitable = [m for m in MINERS.names() if getattr(MINERS.get(m).factory, "output", None) in outputs]
+    if name not in suitable:
+        raise ConfigError("miner", name, ["default", "none", *suitable])
+    return name
+
+
+def build_loss(
+    name: str,
+    params: Mapping[str, Any] | None = None,
+    *,
+    num_classes: int,
+    embedding_size: int,
+    miner: str = "default",
+    miner_params: Mapping[str, Any] | None = None,
+) -> BaseLoss:
+    """Build a loss with its miner (see :func:`resolve_miner`)."""
+    from tuneddml.sampling import MINERS
+
+    miner_name = resolve_miner(name, miner)
+    miner_obj = None
+    if miner_name is not None:
+        miner_obj = MINERS.build(miner_name, miner_params or {}, field="miner")
+    elif miner_params:
+        raise ConfigError("miner_params", dict(miner_params), "no parameters when no miner is used")
+    return LOSSES.build(
+        name, params or {}, field="loss", num_classes=num_classes, embedding_size=embedding_size, miner=miner_obj
+    )
+
+
+# Registration happens on import of each family's module.
+from tuneddml.losses import _all  # noqa: E402,F401
+
+__all__ = ["LOSSES", "BaseLoss", "build_loss", "resolve_miner"]

@@ -1,0 +1,255 @@
+"""Registries: components are built by name, which is what search spaces need.
+
+A component registers its class (or factory) under a name. Its searchable parameters are the
+keyword arguments of its constructor: names, defaults and types come from the signature, choices
+from ``Literal[...]`` annotations, ranges from the interval strings given to ``register``
+(``"[0, 1]"``, ``"(0, inf)"``). Arguments listed as ``runtime`` (``num_classes``, an injected
+miner, ...) are supplied by the trial, never by the user.
+
+Everything fails loudly: a duplicate name, an unknown name, an unknown parameter or a value out of
+range raises :class:`~tuneddml.errors.ConfigError` naming the valid choices.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
+
+from tuneddml.errors import ConfigError
+
+T = TypeVar("T")
+
+# Config names that are Python keywords: the constructor argument is spelt differently.
+_CONFIG_NAME = {"lam": "lambda"}
+_ARG_NAME = {v: k for k, v in _CONFIG_NAME.items()}
+
+_INTERVAL = re.compile(r"^\s*([\[(])\s*([^,]+?)\s*,\s*([^\]\)]+?)\s*([\])])\s*$")
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A closed, open or half-open interval, written as in maths: ``[0, 1]``, ``(0, inf)``."""
+
+    low: float
+    high: float
+    low_closed: bool = True
+    high_closed: bool = True
+
+    @classmethod
+    def parse(cls, text: str) -> Interval:
+        match = _INTERVAL.match(text)
+        if not match:
+            raise ValueError(f"not an interval: {text!r}")
+        left, low, high, right = match.groups()
+        return cls(float(low), float(high), left == "[", right == "]")
+
+    def __contains__(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        above = value >= self.low if self.low_closed else value > self.low
+        below = value <= self.high if self.high_closed else value < self.high
+        return above and below
+
+    def __str__(self) -> str:
+        def fmt(x: float) -> str:
+            return "inf" if x == math.inf else "-inf" if x == -math.inf else f"{x:g}"
+
+        left = "[" if self.low_closed else "("
+        right = "]" if self.high_closed else ")"
+        return f"{left}{fmt(self.low)}, {fmt(self.high)}{right}"
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One user-settable parameter of a registered component."""
+
+    name: str  # as written in configs and search spaces
+    arg: str  # the constructor's keyword
+    default: Any
+    kind: type  # float, int, bool or str
+    choices: tuple[Any, ...] | None = None
+    interval: Interval | None = None
+    optional: bool = False  # None is allowed
+
+    def describe(self) -> str:
+        text = f"{self.name}: {self.kind.__name__} = {self.default!r}"
+        if self.choices:
+            text += f" (one of {', '.join(map(str, self.choices))})"
+        if self.interval:
+            text += f" in {self.interval}"
+        return text
+
+    def coerce(self, value: Any, field: str) -> Any:
+        """Convert a value (possibly a command-line string) to the parameter's type and check it."""
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            if self.optional:
+                return None
+            raise ConfigError(field, value, self._expected())
+        try:
+            if self.kind is bool:
+                value = _to_bool(value)
+            elif self.kind is int:
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError
+                if isinstance(value, bool):
+                    raise ValueError
+                value = int(value) if not isinstance(value, str) else int(value.strip())
+            elif self.kind is float:
+                if isinstance(value, bool):
+                    raise ValueError
+                value = float(value)
+            elif self.kind is str:
+                value = str(value)
+        except (TypeError, ValueError):
+            raise ConfigError(field, value, self._expected()) from None
+        if self.choices is not None and value not in self.choices:
+            raise ConfigError(field, value, self.choices)
+        if self.interval is not None and value not in self.interval:
+            raise ConfigError(field, value, f"a value in {self.interval}")
+        return value
+
+    def _expected(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(map(str, self.choices))
+        text = f"a {self.kind.__name__}"
+        if self.interval:
+            text += f" in {self.interval}"
+        return text
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in {"true", "1", "yes", "on"}:
+        return True
+    if isinstance(value, str) and value.lower() in {"false", "0", "no", "off"}:
+        return False
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ValueError(value)
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    name: str
+    factory: Callable[..., T]
+    params: tuple[ParamSpec, ...]
+    runtime: tuple[str, ...]
+    summary: str
+
+    def param(self, name: str) -> ParamSpec | None:
+        return next((p for p in self.params if p.name == name), None)
+
+
+class Registry(Generic[T]):
+    """Name -> component factory, with the parameters of each."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry[T]] = {}
+
+    def register(
+        self,
+        name: str,
+        *,
+        ranges: Mapping[str, str] | None = None,
+        runtime: Iterable[str] = (),
+    ) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Class decorator. ``ranges`` maps constructor arguments to interval strings."""
+
+        def decorate(factory: Callable[..., T]) -> Callable[..., T]:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            params = param_specs(factory, dict(ranges or {}), tuple(runtime), f"{self.kind} {name}")
+            doc = inspect.getdoc(factory) or ""
+            summary = doc.strip().splitlines()[0] if doc.strip() else ""
+            self._entries[name] = Entry(name, factory, params, tuple(runtime), summary)
+            return factory
+
+        return decorate
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def get(self, name: str, field: str | None = None) -> Entry[T]:
+        if name not in self._entries:
+            raise ConfigError(field or self.kind, name, self.names())
+        return self._entries[name]
+
+    def validate(self, name: str, params: Mapping[str, Any], field: str | None = None) -> dict[str, Any]:
+        """Check ``params`` against the component's signature; return them typed, defaults filled."""
+        field = field or self.kind
+        entry = self.get(name, field)
+        known = {p.name: p for p in entry.params}
+        for key in params:
+            if key not in known:
+                valid = ", ".join(known) or "none"
+                raise ConfigError(f"{field}.{key}", params[key], f"a parameter of {self.kind} {name!r}: {valid}")
+        out: dict[str, Any] = {}
+        for spec in entry.params:
+            if spec.name in params:
+                out[spec.name] = spec.coerce(params[spec.name], f"{field}.{spec.name}")
+            else:
+                out[spec.name] = spec.default
+        return out
+
+    def build(self, name: str, params: Mapping[str, Any] | None = None, field: str | None = None, **runtime: Any) -> T:
+        """Validate ``params`` and construct; runtime arguments go only where the factory takes them."""
+        entry = self.get(name, field)
+        checked = self.validate(name, params or {}, field)
+        kwargs = {_ARG_NAME.get(k, k): v for k, v in checked.items()}
+        kwargs.update({k: v for k, v in runtime.items() if k in entry.runtime})
+        return entry.factory(**kwargs)
+
+
+def param_specs(
+    factory: Callable[..., Any], ranges: dict[str, str], runtime: tuple[str, ...], where: str
+) -> tuple[ParamSpec, ...]:
+    target = factory.__init__ if inspect.isclass(factory) else factory  # type: ignore[misc]
+    signature = inspect.signature(target)
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # annotations that cannot be resolved: fall back to the defaults' types
+        hints = {}
+    specs = []
+    seen = set()
+    for arg, p in signature.parameters.items():
+        if arg == "self" or arg in runtime or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                raise ValueError(f"{where}: *args/**kwargs would hide parameters; spell them out")
+            continue
+        if p.default is inspect.Parameter.empty:
+            raise ValueError(f"{where}: parameter {arg!r} needs a default or must be listed as runtime")
+        kind, choices, optional = _kind_of(hints.get(arg), p.default)
+        interval = Interval.parse(ranges.pop(arg)) if arg in ranges else None
+        specs.append(ParamSpec(_CONFIG_NAME.get(arg, arg), arg, p.default, kind, choices, interval, optional))
+        seen.add(arg)
+    if ranges:
+        raise ValueError(f"{where}: ranges given for unknown parameters {sorted(ranges)}")
+    return tuple(specs)
+
+
+def _kind_of(hint: Any, default: Any) -> tuple[type, tuple[Any, ...] | None, bool]:
+    optional = False
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
+        optional = True
+        rest = [a for a in args if a is not type(None)]
+        hint = rest[0] if len(rest) == 1 else None
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return type(args[0]), tuple(args), optional
+    if hint in (bool, int, float, str):
+        return hint, None, optional
+    if default is not None:
+        return type(default), None, optional
+    return str, None, True

@@ -1,0 +1,57 @@
+"""P classes x K samples per batch (the "PK" or m-per-class sampler)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from tuneddml.errors import ConfigError
+from tuneddml.sampling import SAMPLERS
+from tuneddml.sampling.base import BatchSampler
+
+
+@SAMPLERS.register("m_per_class", ranges={"samples_per_class": "[1, 1024]"})
+class MPerClass(BatchSampler):
+    """Each batch holds ``P = batch_size / samples_per_class`` distinct classes with
+    ``K = samples_per_class`` items each, so every anchor has positives in the batch.
+
+    Items are drawn without replacement within a batch; only classes with at least ``K`` items
+    take part unless ``replacement`` is true (then a small class repeats items).
+    """
+
+    def __init__(self, *, samples_per_class: int = 4, replacement: bool = False) -> None:
+        self.k = samples_per_class
+        self.replacement = replacement
+
+    def _eligible(self, labels: np.ndarray) -> list[np.ndarray]:
+        groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+        return [g for g in groups if self.replacement or len(g) >= self.k]
+
+    def check(self, labels: np.ndarray, batch_size: int) -> None:
+        if batch_size % self.k:
+            raise ConfigError(
+                "sampler.samples_per_class", self.k, f"a divisor of batch_size={batch_size}"
+            )
+        p = batch_size // self.k
+        eligible = len(self._eligible(labels))
+        if p > eligible:
+            sizes = np.bincount(np.unique(labels, return_inverse=True)[1])
+            raise ConfigError(
+                "batch_size",
+                batch_size,
+                f"at most {eligible * self.k}: batch_size/samples_per_class = {p} classes per batch, but only "
+                f"{eligible} classes have >= {self.k} items (largest class: {sizes.max()}); lower batch_size, "
+                "lower sampler.samples_per_class, or set sampler.replacement=true",
+            )
+
+    def batches(self, labels: np.ndarray, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+        groups = self._eligible(labels)
+        p = batch_size // self.k
+        for _ in range(self.num_batches(labels, batch_size)):
+            classes = rng.choice(len(groups), size=p, replace=False)
+            picks = [
+                rng.choice(groups[c], size=self.k, replace=self.replacement and len(groups[c]) < self.k)
+                for c in classes
+            ]
+            yield np.concatenate(picks)

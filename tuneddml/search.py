@@ -1,0 +1,69 @@
+"""Search loss/sampler recipes: ``python -m tuneddml.search --space=NAME|PATH [options] [KEY=VALUE ...]``.
+
+With no option but ``--space`` it runs on the embedded default: a local Ray, a local sqlite MLflow
+store (``./mlflow.db``) and results under ``./tuneddml_runs``. KEY=VALUE settings override the
+space's fixed trial settings (e.g. ``epochs=2 dataset=glyphs-tiny``). Bad input exits with code 2
+and one line, before Ray or MLflow start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from tuneddml.cli import format_duration, format_values, guarded, parse_overrides
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tuneddml.search", description=__doc__.split("\n")[0])
+    p.add_argument("--space", required=True, help="a shipped space name (see --list) or a path to a YAML file")
+    p.add_argument("--searcher", help="coordinate_descent, tpe, cmaes, random or grid (default: the space's)")
+    p.add_argument("--scheduler", help="asha (early stopping) or fifo (default: the space's)")
+    p.add_argument("--num-samples", type=int, help="budget: number of trials (default: the space's)")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: CPUs / --cpus-per-trial)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float, default=0.0)
+    p.add_argument("--address", help="join a running Ray cluster (auto or HOST:PORT); default: a local Ray")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
+    p.add_argument("--storage", help="folder for Ray results, checkpoints and results tables (default: ./tuneddml_runs)")
+    p.add_argument("--name", help="search name (default: SPACE-DATE-TIME)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted search (--name, or the latest)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the searcher")
+    p.add_argument("--json", action="store_true", help="end with one JSON line summarising the search")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="trial settings to fix, e.g. epochs=2")
+    return p
+
+
+@guarded
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from tuneddml.tuning.driver import prepare_search, run_search
+
+    request = prepare_search(
+        space=args.space, searcher=args.searcher, scheduler=args.scheduler, num_samples=args.num_samples,
+        max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial, address=args.address, tracking_uri=args.tracking_uri,
+        storage=args.storage, name=args.name, resume=args.resume, overrides=parse_overrides(args.overrides),
+        seed=args.seed,
+    )
+    out = sys.stderr if args.json else sys.stdout
+    summary = run_search(request, stream=out)
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))
+    print(f"\nsearch {summary.name} done in {format_duration(summary.seconds)}: {counts}", file=out)
+    if summary.best_config is not None:
+        varied = {k: v for k, v in summary.best_config.items() if k in request.space.parameters}
+        print(f"best trial {summary.best_trial}: {format_values(varied)}", file=out)
+        print(f"  metrics: {format_values(summary.best_metrics or {})}", file=out)
+    else:
+        print("no trial produced a result", file=out)
+    print(f"results table: {summary.results_file}", file=out)
+    print(f"compare the trials: mlflow ui --backend-store-uri {summary.tracking_uri}", file=out, flush=True)
+    if args.json:
+        print(json.dumps(summary.to_json(), default=str))
+    return 0 if summary.best_config is not None else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

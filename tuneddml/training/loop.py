@@ -1,0 +1,318 @@
+"""Training and evaluating one trial.
+
+:func:`run_trial` is the single function every entry point uses (the ``train`` CLI, Ray Tune
+trials, tests). It builds a :class:`Trainer`, runs the epochs and calls ``reporter`` after each
+one with the epoch's metrics and the mean of every loss term. A :class:`Trainer` can be saved and
+restored between epochs, which is what Ray Tune's checkpoints use.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tuneddml.config import TrialConfig
+from tuneddml.errors import ConfigError, TrialDiverged
+
+
+@dataclass
+class EpochReport:
+    """What a trial reports after each epoch."""
+
+    epoch: int  # 1-based
+    epochs: int
+    metrics: dict[str, float]  # retrieval metrics on the evaluation classes
+    terms: dict[str, float]  # mean of each loss term over the epoch, incl. "total"
+    train_seconds: float  # this epoch's training time
+    eval_seconds: float
+    elapsed: float  # since the trial started
+
+    @property
+    def eta(self) -> float:
+        """Estimated seconds left, from the mean epoch time so far."""
+        return self.elapsed / self.epoch * (self.epochs - self.epoch)
+
+    def flat(self) -> dict[str, float]:
+        """One flat dict (metrics as they are, terms as ``loss/<term>``), as Ray and MLflow take it."""
+        out: dict[str, float] = {"epoch": self.epoch, **self.metrics}
+        out.update({f"loss/{k}": v for k, v in self.terms.items()})
+        out.update({"time/train_s": self.train_seconds, "time/eval_s": self.eval_seconds})
+        return out
+
+
+@dataclass
+class TrialResult:
+    config: TrialConfig
+    metrics: dict[str, float]  # of the last epoch
+    history: list[EpochReport] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class EpochContext:
+    """What ``BaseLoss.on_epoch_start`` hooks may use."""
+
+    epoch: int
+    model: torch.nn.Module
+    train_labels: np.ndarray
+    embed_train: Callable[[np.ndarray], torch.Tensor]  # indices -> normalised embeddings (no grad)
+    device: torch.device
+
+
+Reporter = Callable[[EpochReport, "Trainer"], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device", name, "auto or cpu: no CUDA device is available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Holds a trial's data, model, loss and optimiser; trains and evaluates epoch by epoch."""
+
+    def __init__(self, config: TrialConfig) -> None:
+        from tuneddml.data import DATASETS
+        from tuneddml.data.splits import make_split
+        from tuneddml.losses import build_loss
+        from tuneddml.models import build_model
+        from tuneddml.sampling import EMBEDDING_AUGMENTERS, SAMPLERS
+
+        self.config = config
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.device = resolve_device(config.device)
+        seed_everything(config.seed)
+
+        dataset = DATASETS.build(
+            config.dataset,
+            {"root": config.data_root, "image_size": config.image_size, **config.dataset_params},
+            field="dataset",
+        )
+        self.data = make_split(
+            dataset, split=config.split, num_folds=config.num_folds, fold=config.fold, seed=config.seed
+        )
+        self.sampler = SAMPLERS.build(config.sampler, config.sampler_params, field="sampler")
+        self.sampler.check(self.data.train.labels, config.batch_size)
+
+        self.model = build_model(
+            config.backbone,
+            config.backbone_params,
+            item_shape=self.data.train.item_shape,
+            embedding_size=config.embedding_size,
+        ).to(self.device)
+        self.loss = build_loss(
+            config.loss,
+            config.loss_params,
+            num_classes=self.data.num_train_classes,
+            embedding_size=config.embedding_size,
+            miner=config.miner,
+            miner_params=config.miner_params,
+        ).to(self.device)
+        self.embedding_aug: torch.nn.Module | None = None
+        if config.embedding_aug != "none":
+            self.embedding_aug = EMBEDDING_AUGMENTERS.build(
+                config.embedding_aug,
+                config.embedding_aug_params,
+                field="embedding_aug",
+                num_classes=self.data.num_train_classes,
+                embedding_size=config.embedding_size,
+            ).to(self.device)
+        groups = [{"params": list(self.model.parameters()), "lr": config.lr}]
+        extra = list(self.embedding_aug.parameters()) if self.embedding_aug is not None else []
+        loss_params = [p for p in [*self.loss.parameters(), *extra] if p.requires_grad]
+        if loss_params:
+            groups.append({"params": loss_params, "lr": config.proxy_lr})
+        self.optimizer = _make_optimizer(config, groups)
+        self.rng = np.random.default_rng(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.epoch = 0  # epochs completed
+        self.history: list[EpochReport] = []
+        self._elapsed_before = 0.0
+
+    # -- batches -------------------------------------------------------------------------
+    def _autocast(self) -> Any:
+        if self.config.amp and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _train_batches(self) -> Iterator[np.ndarray]:
+        labels = self.data.train.labels
+        steps = self.config.steps_per_epoch
+        produced = 0
+        while True:
+            for batch in self.sampler.batches(labels, self.config.batch_size, self.rng):
+                yield batch
+                produced += 1
+                if steps is not None and produced >= steps:
+                    return
+            if steps is None:
+                return
+
+    # -- one epoch -----------------------------------------------------------------------
+    def train_epoch(self) -> dict[str, float]:
+        from tuneddml.data.transforms import augment
+
+        epoch = self.epoch + 1
+        self.model.train()
+        self.loss.train()
+        context = self._context(epoch)
+        self.loss.on_epoch_start(epoch, context)
+        if self.embedding_aug is not None:
+            self.embedding_aug.train()
+            if hasattr(self.embedding_aug, "on_epoch_start"):
+                self.embedding_aug.on_epoch_start(epoch, context)
+        sums: dict[str, float] = {}
+        steps = 0
+        train = self.data.train
+        for step, indices in enumerate(self._train_batches(), start=1):
+            x = train.load(indices)
+            if train.kind == "image":
+                x = augment(x, self.data.augmentation, self.generator)
+            x = x.to(self.device, non_blocking=True)
+            y = torch.from_numpy(train.labels[indices]).to(self.device)
+            with self._autocast():
+                emb = self.model(x)
+            emb = emb.float()
+            if self.loss.expects_normalized:
+                emb = F.normalize(emb, dim=1)
+            if self.embedding_aug is not None:
+                emb, y = self.embedding_aug(emb, y)
+            terms = self.loss(emb, y)
+            total = terms["total"]
+            if not torch.isfinite(total):
+                raise TrialDiverged(epoch, step, {k: float(v) for k, v in terms.items()})
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            self.optimizer.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            steps += 1
+        self.epoch = epoch
+        return {k: v / max(steps, 1) for k, v in sums.items()}
+
+    @torch.no_grad()
+    def embed(self, items: Any, indices: np.ndarray | None = None) -> torch.Tensor:
+        """Normalised embeddings of ``items`` (all, or ``indices``), in eval mode, on the CPU."""
+        was_training = self.model.training
+        self.model.eval()
+        order = np.arange(len(items)) if indices is None else np.asarray(indices)
+        out = []
+        bs = self.config.eval_batch_size
+        for start in range(0, len(order), bs):
+            x = items.load(order[start : start + bs]).to(self.device)
+            with self._autocast():
+                out.append(F.normalize(self.model(x).float(), dim=1).cpu())
+        self.model.train(was_training)
+        return torch.cat(out) if out else torch.empty(0, self.config.embedding_size)
+
+    def evaluate(self) -> dict[str, float]:
+        """Retrieval metrics of the current model on the evaluation classes."""
+        from tuneddml.evaluation import evaluate
+
+        query = self.embed(self.data.query)
+        gallery = gallery_labels = None
+        if self.data.gallery is not None:
+            gallery = self.embed(self.data.gallery)
+            gallery_labels = self.data.gallery.labels
+        return evaluate(query, self.data.query.labels, gallery, gallery_labels, seed=self.config.seed)
+
+    def _context(self, epoch: int) -> EpochContext:
+        return EpochContext(
+            epoch=epoch,
+            model=self.model,
+            train_labels=self.data.train.labels,
+            embed_train=lambda idx: self.embed(self.data.train, idx).to(self.device),
+            device=self.device,
+        )
+
+    # -- the whole trial -----------------------------------------------------------------
+    def run(self, reporter: Reporter | None = None) -> TrialResult:
+        start = time.perf_counter() - self._elapsed_before
+        while self.epoch < self.config.epochs:
+            t0 = time.perf_counter()
+            terms = self.train_epoch()
+            t1 = time.perf_counter()
+            metrics = self.evaluate()
+            t2 = time.perf_counter()
+            report = EpochReport(self.epoch, self.config.epochs, metrics, terms, t1 - t0, t2 - t1, t2 - start)
+            self.history.append(report)
+            self._elapsed_before = t2 - start
+            if reporter is not None:
+                reporter(report, self)
+        final = self.history[-1].metrics if self.history else self.evaluate()
+        return TrialResult(self.config, final, list(self.history), time.perf_counter() - start)
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_flat(),
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "loss": self.loss.state_dict(),
+            "embedding_aug": self.embedding_aug.state_dict() if self.embedding_aug is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "history": [r.__dict__ for r in self.history],
+            "elapsed": self._elapsed_before,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.loss.load_state_dict(state["loss"])
+        if self.embedding_aug is not None:
+            self.embedding_aug.load_state_dict(state["embedding_aug"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.bit_generator.state = state["rng"]
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.epoch = int(state["epoch"])
+        self.history = [EpochReport(**r) for r in state["history"]]
+        self._elapsed_before = float(state["elapsed"])
+
+    def save(self, path: str | Path) -> None:
+        """Write the state atomically (temp file + rename): a killed trial leaves no half file."""
+        path = Path(path)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(path)
+
+    def restore(self, path: str | Path) -> None:
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+
+
+def _make_optimizer(config: TrialConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, momentum=0.9, weight_decay=config.weight_decay)
+
+
+def run_trial(
+    config: TrialConfig, reporter: Reporter | None = None, *, resume: str | Path | None = None
+) -> TrialResult:
+    """Train and evaluate one trial; ``resume`` continues from a :meth:`Trainer.save` file."""
+    trainer = Trainer(config)
+    if resume is not None:
+        trainer.restore(resume)
+    return trainer.run(reporter)

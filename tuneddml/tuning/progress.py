@@ -1,0 +1,98 @@
+"""Concise progress of a search, in place of Ray's console tables."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import IO, Any
+
+from ray.tune import Callback
+
+from tuneddml.cli import format_duration
+
+
+class SearchProgress(Callback):
+    """Prints one line when a trial ends, and a heartbeat at most every ``every`` seconds:
+    trials done/running/failed, best so far, elapsed and estimated time left."""
+
+    def __init__(self, *, num_samples: int, metric: str, mode: str, concurrency: int,
+                 stream: IO[str] | None = None, every: float = 30.0) -> None:
+        self.num_samples = num_samples
+        self.metric = metric
+        self.mode = mode
+        self.concurrency = max(1, concurrency)
+        self.stream = stream
+        self.every = every
+        self.start = time.monotonic()
+        self.last_print = 0.0
+        self.best: float | None = None
+        self.best_trial = ""
+        self.done = 0
+        self.failed = 0
+        self.running: set[str] = set()
+        self.durations: list[float] = []
+        self.started: dict[str, float] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["stream"] = None
+        return state
+
+    def _out(self, text: str) -> None:
+        print(text, file=self.stream or sys.stdout, flush=True)
+
+    def _better(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self.start
+        left = max(0, self.num_samples - self.done - self.failed)
+        eta = ""
+        if self.durations and left:
+            mean = sum(self.durations) / len(self.durations)
+            eta = f", ~{format_duration(mean * math.ceil(left / self.concurrency))} left"
+        best = f"{self.metric}={self.best:.4f} ({self.best_trial})" if self.best is not None else "-"
+        return (f"[{format_duration(elapsed)}] trials {self.done + self.failed}/{self.num_samples} done "
+                f"({self.failed} failed), {len(self.running)} running | best {best}{eta}")
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.running.add(trial.trial_id)
+        self.started[trial.trial_id] = time.monotonic()
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)) and self._better(float(value)):
+            self.best = float(value)
+            self.best_trial = trial.trial_id
+
+    def _ended(self, trial: Any, failed: bool, why: str) -> None:
+        self.running.discard(trial.trial_id)
+        if trial.trial_id in self.started:
+            self.durations.append(time.monotonic() - self.started.pop(trial.trial_id))
+        if failed:
+            self.failed += 1
+        else:
+            self.done += 1
+        last = trial.last_result or {}
+        value = last.get(self.metric)
+        shown = f"{self.metric}={value:.4f}" if isinstance(value, (int, float)) else "no result"
+        self._out(f"trial {trial.trial_id} {why} after {last.get('epoch', 0)} epochs: {shown}")
+        self._out(self.line())
+        self.last_print = time.monotonic()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        last = trial.last_result or {}
+        self._ended(trial, False, "diverged" if last.get("diverged") else "ended")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended(trial, True, "failed")
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if time.monotonic() - self.last_print >= self.every:
+            self.last_print = time.monotonic()
+            self._out(self.line())

@@ -1,0 +1,47 @@
+"""The Ray Tune trainable: runs :func:`tuneddml.training.run_trial`'s trainer inside a trial.
+
+Reports after every epoch with a checkpoint (so a trial that dies on a node resumes from its last
+epoch elsewhere), and turns a diverged loss into a final ``diverged`` result instead of an error,
+so the searcher sees a bad result and Ray does not retry it.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+CHECKPOINT_FILE = "trainer.pt"
+
+
+def train_trial(params: dict[str, Any]) -> None:
+    """Ray Tune function trainable; ``params`` are flat trial-config keys (fixed + searched) plus
+    ``_metric``/``_mode`` (the search's metric, so a diverged trial can report its worst value)."""
+    from ray import tune
+
+    from tuneddml.config import TrialConfig
+    from tuneddml.errors import TrialDiverged
+    from tuneddml.training import Trainer
+
+    flat = {k: v for k, v in params.items() if not k.startswith("_")}
+    metric = params.get("_metric", "map_at_r")
+    config = TrialConfig.from_flat(flat)
+    trainer = Trainer(config)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            trainer.restore(Path(folder) / CHECKPOINT_FILE)
+
+    def report(epoch_report: Any, tr: Any) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            tr.save(Path(folder) / CHECKPOINT_FILE)
+            tune.report(
+                {**epoch_report.flat(), "diverged": 0},
+                checkpoint=tune.Checkpoint.from_directory(folder),
+            )
+
+    try:
+        trainer.run(report)
+    except TrialDiverged as exc:
+        tune.report({"epoch": exc.epoch, metric: math.nan, "diverged": 1, "error": str(exc)})
