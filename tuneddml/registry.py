@@ -214,6 +214,8 @@ def param_specs(
     factory: Callable[..., Any], ranges: dict[str, str], runtime: tuple[str, ...], where: str
 ) -> tuple[ParamSpec, ...]:
     target = factory.__init__ if inspect.isclass(factory) else factory  # type: ignore[misc]
+    if target is object.__init__:  # a class without a constructor of its own takes no parameters
+        return ()
     signature = inspect.signature(target)
     try:
         hints = typing.get_type_hints(target)

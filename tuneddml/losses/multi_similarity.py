@@ -1,0 +1,66 @@
+"""Multi-similarity loss (Wang, Han, Huang, Dong & Scott, "Multi-Similarity Loss with General Pair
+Weighting for Deep Metric Learning", CVPR 2019)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from tuneddml.losses import LOSSES
+from tuneddml.losses._pairs import masked_logsumexp, masks_from_pairs, pair_masks, similarity
+from tuneddml.losses.base import BaseLoss
+
+
+@LOSSES.register(
+    "multi_similarity",
+    ranges={"lam": "[0, 1]", "alpha": "(0, inf)", "beta": "(0, inf)", "base": "[-1, 1]"},
+    runtime=("miner",),
+)
+class MultiSimilarityLoss(BaseLoss):
+    """Multi-similarity loss with its positive and negative parts balanced by ``lambda``.
+
+    Terms, means over every anchor ``i`` of the batch (``base`` is the paper's threshold
+    ``lambda``, renamed so as not to clash with the balance):
+
+    - ``pos`` = ``mean_i 1/alpha * log(1 + sum_{p in P(i)} exp(-alpha (s_ip - base)))``;
+    - ``neg`` = ``mean_i 1/beta * log(1 + sum_{n in N(i)} exp(beta (s_in - base)))``.
+
+    ``total = 2 lambda * pos + 2 (1 - lambda) * neg``, so ``lambda = 0.5`` is the paper's loss.
+    ``P(i)``, ``N(i)`` are the pairs the multi-similarity miner kept (the default; every pair of
+    the batch with ``miner=none``); an anchor left without pairs adds ``log(1) = 0``.
+    Defaults are the paper's (``alpha = 2``, ``beta = 50``, ``base = 0.5``).
+    """
+
+    term_names: ClassVar[tuple[str, ...]] = ("pos", "neg")
+    miner_outputs: ClassVar[tuple[str, ...]] = ("pairs",)
+    default_miner: ClassVar[str | None] = "multi_similarity"
+
+    def __init__(
+        self,
+        *,
+        lam: float = 0.5,
+        alpha: float = 2.0,
+        beta: float = 50.0,
+        base: float = 0.5,
+        miner: Any = None,
+    ) -> None:
+        super().__init__()
+        self.lam = lam
+        self.alpha = alpha
+        self.beta = beta
+        self.base = base
+        self.miner = miner
+
+    def weights(self) -> dict[str, float]:
+        return {"pos": 2.0 * self.lam, "neg": 2.0 * (1.0 - self.lam)}
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        s = similarity(embeddings)
+        if self.miner is None:
+            pos_mask, neg_mask = pair_masks(labels)
+        else:
+            pos_mask, neg_mask = masks_from_pairs(self.miner(embeddings, labels), len(labels), s.device)
+        pos = masked_logsumexp(-self.alpha * (s - self.base), pos_mask, dim=1, add_one=True) / self.alpha
+        neg = masked_logsumexp(self.beta * (s - self.base), neg_mask, dim=1, add_one=True) / self.beta
+        return self.combine({"pos": pos.mean(), "neg": neg.mean()})

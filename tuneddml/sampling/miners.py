@@ -1,0 +1,121 @@
+"""In-batch miners: which triplets or pairs of a batch a loss looks at.
+
+A miner is called as ``miner(embeddings, labels)`` on L2-normalised embeddings (cosine
+similarity ``s_ij``) and returns index tensors, never gradients:
+
+- ``output = "triplets"``: ``(anchor, positive, negative)``;
+- ``output = "pairs"``: ``(a1, p, a2, n)``, the positive pairs ``(a1, p)`` and negative pairs
+  ``(a2, n)``.
+
+A loss declares which outputs it can use (``BaseLoss.miner_outputs``).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from tuneddml.losses._pairs import pair_masks, similarity
+from tuneddml.sampling import MINERS
+
+Triplets = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+Pairs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _triplet_mask(labels: torch.Tensor) -> torch.Tensor:
+    """``valid[a, p, n]``: ``p`` a positive and ``n`` a negative of ``a``."""
+    pos, neg = pair_masks(labels)
+    return pos[:, :, None] & neg[:, None, :]
+
+
+@MINERS.register("all_triplets")
+class AllTriplets:
+    """Every triplet ``(a, p, n)`` of the batch."""
+
+    output: ClassVar[str] = "triplets"
+
+    def __init__(self) -> None:  # no parameters (the registry reads them from __init__)
+        pass
+
+    @torch.no_grad()
+    def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor) -> Triplets:
+        a, p, n = torch.nonzero(_triplet_mask(labels), as_tuple=True)
+        return a, p, n
+
+
+@MINERS.register("semihard", ranges={"margin": "(0, 2]"})
+class SemiHard:
+    """Semi-hard triplets (FaceNet): negatives less similar than the positive, by under ``margin``.
+
+    Schroff et al., CVPR 2015: ``s_ap - margin < s_an < s_ap``.
+
+    All such triplets of the batch are returned (as pytorch-metric-learning's
+    ``TripletMarginMiner(type_of_triplets="semihard")``). ``margin`` should match the triplet
+    loss's (both default to 0.1): these are the triplets with a non-zero loss that are not hard.
+    """
+
+    output: ClassVar[str] = "triplets"
+
+    def __init__(self, *, margin: float = 0.1) -> None:
+        self.margin = margin
+
+    @torch.no_grad()
+    def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor) -> Triplets:
+        s = similarity(embeddings.detach())
+        s_ap = s[:, :, None]
+        s_an = s[:, None, :]
+        keep = _triplet_mask(labels) & (s_an < s_ap) & (s_an > s_ap - self.margin)
+        a, p, n = torch.nonzero(keep, as_tuple=True)
+        return a, p, n
+
+
+@MINERS.register("hard")
+class BatchHard:
+    """Batch-hard triplets: per anchor, its least similar positive and most similar negative.
+
+    Hermans, Beyer & Leibe, "In Defense of the Triplet Loss", 2017. Anchors without a positive or
+    a negative in the batch are skipped.
+    """
+
+    output: ClassVar[str] = "triplets"
+
+    def __init__(self) -> None:
+        pass
+
+    @torch.no_grad()
+    def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor) -> Triplets:
+        s = similarity(embeddings.detach())
+        pos, neg = pair_masks(labels)
+        anchors = torch.nonzero(pos.any(dim=1) & neg.any(dim=1), as_tuple=True)[0]
+        p = s.masked_fill(~pos, float("inf")).argmin(dim=1)
+        n = s.masked_fill(~neg, float("-inf")).argmax(dim=1)
+        return anchors, p[anchors], n[anchors]
+
+
+@MINERS.register("multi_similarity", ranges={"epsilon": "[0, 2]"})
+class MultiSimilarityMiner:
+    """Multi-similarity pair mining (Wang et al., CVPR 2019): pairs hard relative to the other kind.
+
+    - a negative pair ``(i, n)`` is kept if ``s_in > min_{p in P(i)} s_ip - epsilon``;
+    - a positive pair ``(i, p)`` is kept if ``s_ip < max_{n in N(i)} s_in + epsilon``.
+
+    An anchor without positives keeps no negative pair, one without negatives no positive pair.
+    """
+
+    output: ClassVar[str] = "pairs"
+
+    def __init__(self, *, epsilon: float = 0.1) -> None:
+        self.epsilon = epsilon
+
+    @torch.no_grad()
+    def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor) -> Pairs:
+        s = similarity(embeddings.detach())
+        pos, neg = pair_masks(labels)
+        hardest_pos = s.masked_fill(~pos, float("inf")).min(dim=1, keepdim=True).values
+        hardest_neg = s.masked_fill(~neg, float("-inf")).max(dim=1, keepdim=True).values
+        keep_pos = pos & (s < hardest_neg + self.epsilon)
+        keep_neg = neg & (s > hardest_pos - self.epsilon)
+        a1, p = torch.nonzero(keep_pos, as_tuple=True)
+        a2, n = torch.nonzero(keep_neg, as_tuple=True)
+        return a1, p, a2, n
