@@ -1,0 +1,88 @@
+"""Hybrid pair + proxy loss (the 2022 hybrid-loss DML paper with global and local features: a
+pair-based loss for the rich data-to-data relations plus a proxy-based loss for fast convergence)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from tuneddml.errors import ConfigError
+from tuneddml.losses import LOSSES
+from tuneddml.losses.base import BaseLoss
+from tuneddml.losses.ensemble import (
+    WeightedMembers,
+    build_member,
+    is_proxy_loss,
+    member_choices,
+    parse_member,
+)
+
+
+@LOSSES.register("hybrid", ranges={"lam": "[0, 1]"}, runtime=("num_classes", "embedding_size"))
+class HybridLoss(BaseLoss):
+    """Weighted sum of a pair-based and a proxy-based loss on the same embeddings.
+
+    ``total = 2 lambda * L_pair + 2 (1 - lambda) * L_proxy`` (``weighting="fixed"``; ``lambda = 0.5``
+    is the plain sum), where each ``L`` is the member's own weighted total. With
+    ``weighting="learnable"`` the two weights are learnt instead (uncertainty weighting, see
+    :class:`tuneddml.losses.ensemble.WeightedMembers`) and ``lambda`` is not used.
+
+    Terms: the pair member's terms prefixed ``pair.`` and the proxy member's prefixed ``proxy.``
+    (e.g. ``pair.pos``, ``pair.neg``, ``proxy.pos``, ``proxy.neg``), plus ``weights_reg`` when
+    learnable. The prefixes name the role, not the loss, so the terms keep their names when a
+    search varies the members.
+
+    Parameters:
+
+    - ``pair``: a pair-based loss spec, ``name`` or ``name:param=value:...`` (default
+      ``multi_similarity``): any registered loss that is not proxy-based (see
+      :func:`~tuneddml.losses.ensemble.is_proxy_loss`) nor a wrapper;
+    - ``proxy``: a proxy-based loss spec (default ``proxy_anchor``);
+    - ``lambda`` in [0, 1] (0.5): the share of the pair loss;
+    - ``weighting``: ``"fixed"`` (default) or ``"learnable"``.
+
+    Members use their defaults for parameters the spec does not set, and their own default miner.
+    The paper's global/local feature branches and second-order attention belong to the backbone,
+    not to the loss, and are not part of this component.
+    """
+
+    wraps_losses: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        embedding_size: int,
+        pair: str = "multi_similarity",
+        proxy: str = "proxy_anchor",
+        lam: float = 0.5,
+        weighting: Literal["fixed", "learnable"] = "fixed",
+    ) -> None:
+        super().__init__()
+        pair_name = parse_member(pair, "loss.pair")[0]
+        proxy_name = parse_member(proxy, "loss.proxy")[0]
+        choices = member_choices()
+        if pair_name not in choices or is_proxy_loss(pair_name):
+            raise ConfigError("loss.pair", pair, [n for n in choices if not is_proxy_loss(n)])
+        if proxy_name not in choices or not is_proxy_loss(proxy_name):
+            raise ConfigError("loss.proxy", proxy, [n for n in choices if is_proxy_loss(n)])
+        members = {
+            "pair": build_member(pair, "loss.pair", num_classes=num_classes, embedding_size=embedding_size),
+            "proxy": build_member(
+                proxy, "loss.proxy", num_classes=num_classes, embedding_size=embedding_size
+            ),
+        }
+        self.lam = lam
+        self.parts = WeightedMembers(members, [2.0 * lam, 2.0 * (1.0 - lam)], weighting)
+        self.term_names = self.parts.term_names  # type: ignore[misc]
+        self.expects_normalized = self.parts.expects_normalized  # type: ignore[misc]
+
+    def weights(self) -> dict[str, Any]:
+        return self.parts.weights()
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.combine(self.parts.terms(embeddings, labels))
+
+    def on_epoch_start(self, epoch: int, context: Any) -> None:
+        self.parts.on_epoch_start(epoch, context)

@@ -1,0 +1,163 @@
+"""List-wise self-distillation (Zeng, Yang, Wang & Satoh, "Improving Generalization of Metric
+Learning via Listwise Self-distillation", 2022, arXiv 2206.08880): a regulariser added to any
+loss, whose soft targets are the model's own earlier similarity lists."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tuneddml.losses import LOSSES
+from tuneddml.losses._pairs import similarity, zero_like_graph
+from tuneddml.losses.base import BaseLoss
+from tuneddml.losses.ensemble import build_member
+
+
+def listwise_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``mean_i KL(q_i || p_i)`` between each anchor's softmax list over the rest of the batch.
+
+    ``student``/``teacher`` are ``(n, d)`` L2-normalised embeddings of the same samples;
+    ``p_ij = softmax_{j != i}(s_ij / T)`` from the student, ``q_ij`` the same from the teacher
+    (no gradient).
+    """
+    n = len(student)
+    off = ~torch.eye(n, dtype=torch.bool, device=student.device)
+    logits_s = (similarity(student) / temperature).masked_fill(~off, float("-inf"))
+    logits_t = (similarity(teacher) / temperature).masked_fill(~off, float("-inf"))
+    log_p = F.log_softmax(logits_s, dim=1)
+    log_q = F.log_softmax(logits_t, dim=1).detach()
+    kl = (log_q.exp() * (log_q - log_p)).masked_fill(~off, 0.0).sum(dim=1)
+    return kl.mean()
+
+
+@LOSSES.register(
+    "lsd",
+    ranges={"weight": "[0, inf)", "temperature": "(0, inf)", "momentum": "[0, 1)"},
+    runtime=("num_classes", "embedding_size"),
+)
+class ListwiseSelfDistillation(BaseLoss):
+    """Any loss ``base`` plus list-wise self-distillation.
+
+    For each anchor ``i`` of the batch, the list of its similarities to the other samples becomes a
+    distribution ``p_i = softmax_{j != i}(s_ij / T)``. A teacher (the same network at an earlier
+    point of training) gives the list ``q_i`` for the same samples, and
+
+    ``lsd = mean_i KL(q_i || p_i)``
+
+    pulls the student's lists towards the teacher's: instead of the hard "all positives equally
+    close, all negatives equally far" target of the base loss, each pair gets a soft target from
+    the model's own knowledge, which keeps the relations inside the positives (negatives) and
+    softens hard or mislabelled samples.
+
+    ``total = base total + weight * lsd``; terms: the base's (unprefixed) and ``lsd``.
+
+    **The teacher** (``teacher``):
+
+    - ``"epoch"`` (default): a frozen copy of the model taken at the start of each epoch, i.e. the
+      previous epoch's model. In epoch 1 there is no earlier model and ``lsd`` is 0.
+    - ``"ema"``: a mean-teacher copy, ``theta_T <- m theta_T + (1 - m) theta``, updated before each
+      step's distillation, starting from the model at the start of epoch 1.
+
+    The teacher embeds the same inputs as the student: the loss sees only embeddings, so it records
+    the input of the model's last training-mode forward call (a forward pre-hook on
+    ``context.model``, set at epoch start) and runs the teacher (eval mode, no gradient) on it.
+    Embedding augmenters that append synthetic rows are supported (the first rows, one per input,
+    are distilled); ``lsd`` is 0 until an epoch hook has given it the model. The teacher is not
+    part of the loss's parameters nor of its checkpoint: after a restore, the ``"epoch"`` teacher is
+    taken again at the next epoch start (the same model), an ``"ema"`` teacher restarts from it.
+
+    Parameters: ``base``, a loss spec (``name`` or ``name:param=value:...``, default
+    ``contrastive``; the base's other parameters keep their defaults, its default miner is used);
+    ``weight`` >= 0 (1.0); ``temperature`` ``T`` > 0 (0.1); ``teacher`` (``"epoch"``);
+    ``momentum`` ``m`` in [0, 1) (0.999, used by ``"ema"`` only).
+    """
+
+    wraps_losses: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        embedding_size: int,
+        base: str = "contrastive",
+        weight: float = 1.0,
+        temperature: float = 0.1,
+        teacher: Literal["epoch", "ema"] = "epoch",
+        momentum: float = 0.999,
+    ) -> None:
+        super().__init__()
+        self.base = build_member(base, "loss.base", num_classes=num_classes, embedding_size=embedding_size)
+        self.term_names = (*self.base.term_names, "lsd")  # type: ignore[misc]
+        self.expects_normalized = self.base.expects_normalized  # type: ignore[misc]
+        self.weight = weight
+        self.temperature = temperature
+        self.teacher_kind = teacher
+        self.momentum = momentum
+        # kept out of the module tree: neither trained, nor saved, nor moved by .to()
+        self.__dict__["_teacher"] = None
+        self.__dict__["_student"] = None
+        self.__dict__["_hook"] = None
+        self.__dict__["_last_input"] = None
+
+    def weights(self) -> dict[str, Any]:
+        return {**self.base.weights(), "lsd": self.weight}
+
+    def on_epoch_start(self, epoch: int, context: Any) -> None:
+        self.base.on_epoch_start(epoch, context)
+        if self.teacher_kind == "epoch":
+            take = epoch > 1
+        else:
+            take = self._teacher is None
+        self.attach(context.model, take_teacher=take)
+
+    def attach(self, model: nn.Module, take_teacher: bool = True) -> None:
+        """Watch ``model``'s training-mode inputs; with ``take_teacher``, copy it as the teacher."""
+        if self._hook is not None:
+            # removed before copying: the teacher must not carry the hook (nor, through it, this loss)
+            self._hook.remove()
+        if take_teacher:
+            teacher = copy.deepcopy(model).eval()
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+            self.__dict__["_teacher"] = teacher
+        self.__dict__["_student"] = model
+        self.__dict__["_hook"] = model.register_forward_pre_hook(self._record_input)
+
+    def _record_input(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if module.training and args and isinstance(args[0], torch.Tensor):
+            self.__dict__["_last_input"] = args[0]
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        student, teacher = self._student.state_dict(), self._teacher.state_dict()
+        for key, value in teacher.items():
+            if value.dtype.is_floating_point:
+                value.mul_(self.momentum).add_(student[key].detach(), alpha=1.0 - self.momentum)
+            else:
+                value.copy_(student[key])
+
+    @torch.no_grad()
+    def _teacher_embeddings(self) -> torch.Tensor | None:
+        x = self._last_input
+        if self._teacher is None or x is None:
+            return None
+        if self.teacher_kind == "ema":
+            self._update_ema()
+        return self._teacher(x)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = dict(self.base(embeddings, labels))
+        out.pop("total", None)
+        teacher = self._teacher_embeddings() if self.training else None
+        n = 0 if teacher is None else len(teacher)
+        if 1 < n <= len(embeddings):
+            student = F.normalize(embeddings[:n], dim=1)
+            out["lsd"] = listwise_kl(student, F.normalize(teacher.to(student), dim=1), self.temperature)
+        else:
+            out["lsd"] = zero_like_graph(embeddings)
+        self.__dict__["_last_input"] = None
+        return self.combine(out)
