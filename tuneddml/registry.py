@@ -86,7 +86,7 @@ class ParamSpec:
 
     def coerce(self, value: Any, field: str) -> Any:
         """Convert a value (possibly a command-line string) to the parameter's type and check it."""
-        if value is None or (isinstance(value, str) and value.lower() == "none"):
+        if value is None or (self.optional and isinstance(value, str) and value.lower() == "none"):
             if self.optional:
                 return None
             raise ConfigError(field, value, self._expected())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import socket
 import sys
 import time
@@ -16,7 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ray.tune import Callback
+# Ray's console tables and banners give way to the project's own progress lines.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from ray.tune import Callback  # noqa: E402
 
 from tuneddml import __version__
 from tuneddml.errors import ConfigError
@@ -88,7 +93,7 @@ def prepare_search(
     seed: int = 0,
 ) -> SearchRequest:
     """Validate every input; raises ConfigError naming the bad one. Starts nothing."""
-    from tuneddml.searchers import SEARCHERS
+    from tuneddml.searchers import SEARCHERS, check_searcher
     from tuneddml.searchers.space import load_space
     from tuneddml.tracking.mlflow_store import check_tracking_uri, default_tracking_uri
 
@@ -96,6 +101,7 @@ def prepare_search(
     searcher = searcher or loaded.searcher
     if searcher not in SEARCHERS:
         raise ConfigError("--searcher", searcher, list(SEARCHERS))
+    check_searcher(searcher)
     scheduler = scheduler or loaded.scheduler
     if scheduler not in SCHEDULERS:
         raise ConfigError("--scheduler", scheduler, SCHEDULERS)
@@ -247,7 +253,6 @@ def run_search(request: SearchRequest, *, stream: IO[str] | None = None) -> Sear
         tmp.write_text(json.dumps(meta, indent=2))
         tmp.replace(meta_file)
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     init_kwargs: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False,
                                    "configure_logging": True, "logging_level": "ERROR"}
@@ -307,9 +312,10 @@ def _make_scheduler(request: SearchRequest, space: Any) -> Any:
     return ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=max(1, epochs // 4), reduction_factor=2)
 
 
-def _trial_order(trial_id: str) -> int:
-    tail = trial_id.rsplit("_", 1)[-1]
-    return int(tail) if tail.isdigit() else 0
+def _trial_order(trial_id: str, path: str) -> int:
+    """Ray names a trial's folder ``<trainable>_<trial id>_<index>_<params>``; the index is the order."""
+    match = re.search(rf"_{re.escape(trial_id)}_(\d+)", os.path.basename(path or ""))
+    return int(match.group(1)) - 1 if match else 0
 
 
 def _result_rows(grid: Any, request: SearchRequest, tracker: MlflowTrialLogger, parent: str) -> list[dict]:
@@ -329,7 +335,7 @@ def _result_rows(grid: Any, request: SearchRequest, tracker: MlflowTrialLogger, 
         row: dict[str, Any] = {
             "search": request.name, "space": request.space.name, "searcher": request.searcher,
             "metric": metric, "mode": request.space.mode, "trial_id": trial_id,
-            "order": _trial_order(trial_id), "status": status, "epochs": int(last.get("epoch", 0) or 0),
+            "order": _trial_order(trial_id, result.path or ""), "status": status, "epochs": int(last.get("epoch", 0) or 0),
             "seconds": float(last.get("time_total_s", 0.0) or 0.0),
             "mlflow_run_id": tracker.run_ids.get(trial_id), "parent_run_id": parent,
             f"best.{metric}": None if math.isnan(best) else best,
