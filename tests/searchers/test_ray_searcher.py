@@ -1,0 +1,186 @@
+"""Ray Tune search algorithms, driven the way Tune drives them (no cluster), and one real Tuner."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import pickle
+
+import pytest
+from searcher_helpers import BOWL, bowl, drive, space_from_text, tune_like
+
+from tuneddml.errors import ConfigError
+from tuneddml.searchers import SEARCHERS, check_searcher, make_ray_searcher
+from tuneddml.searchers.coordinate_descent import CoordinateDescent
+
+pytest.importorskip("ray.tune")
+
+COND = """
+    parameters:
+      loss: {choice: [supcon, contrastive]}
+      loss.lambda: {uniform: [0.05, 0.95], start: 0.5}
+      loss.temperature: {loguniform: [0.01, 1.0], start: 0.1, when: {loss: supcon}}
+      loss.alpha:
+        - {uniform: [1, 4], when: {loss: contrastive}}
+        - {loguniform: [10, 100], start: 50, when: {loss: supcon}}
+"""
+
+
+def test_coordinate_descent_adapter_matches_the_core(tmp_path):
+    space = space_from_text(tmp_path, BOWL)
+    searcher = make_ray_searcher("coordinate_descent", space, metric="score", mode="max", num_samples=40)
+    suggested = tune_like(searcher, bowl, max_concurrent=100)
+    reference = drive(CoordinateDescent(space, max_trials=40), bowl)
+    assert suggested == [c for _, c, _ in reference]
+    assert len(suggested) == 40
+
+
+def test_adapter_waits_for_its_line_and_limits_nothing_itself(tmp_path):
+    space = space_from_text(tmp_path, BOWL)
+    searcher = make_ray_searcher("coordinate_descent", space, metric="score", mode="max", num_samples=40)
+    first = [searcher.suggest(f"t{i}") for i in range(6)]
+    assert all(isinstance(c, dict) for c in first[:5]) and first[5] is None
+
+
+def test_failed_trials_are_bad_results_not_crashes(tmp_path):
+    space = space_from_text(tmp_path, BOWL)
+    searcher = make_ray_searcher("coordinate_descent", space, metric="score", mode="max", num_samples=30)
+    ids = [f"t{i}" for i in range(5)]
+    configs = [searcher.suggest(i) for i in ids]
+    searcher.on_trial_complete(ids[0], None, error=True)
+    searcher.on_trial_complete(ids[1], {"score": math.nan})
+    searcher.on_trial_complete(ids[2], {"other": 1.0})
+    searcher.on_trial_complete(ids[3], {"score": "n/a"})
+    searcher.on_trial_complete(ids[4], {"score": 0.5})
+    searcher.on_trial_complete("not_ours", {"score": 9.0})
+    assert searcher.core.best() == (configs[4], 0.5)
+    assert isinstance(searcher.suggest("t5"), dict)
+
+
+def test_search_properties_from_tune_set_metric_and_mode(tmp_path):
+    space = space_from_text(tmp_path, BOWL)
+    searcher = make_ray_searcher("coordinate_descent", space, metric="score", mode="max", num_samples=60)
+    assert searcher.set_search_properties("loss", "min", {})
+    suggested = tune_like(searcher, lambda c: -bowl(c))
+    _, value = searcher.core.best()
+    assert value < 0.05 and searcher.metric == "loss"
+    assert not searcher.set_search_properties("other", "max", {})
+    assert len(suggested) == 60
+
+
+@pytest.mark.parametrize("cut", [3, 11])
+def test_save_and_restore_continue_the_search(tmp_path, cut):
+    space = space_from_text(tmp_path, COND)
+
+    def objective(c):
+        return c["loss.lambda"] - (c.get("loss.temperature", 2.0) - 0.3) ** 2
+
+    whole = tune_like(
+        make_ray_searcher("coordinate_descent", space, metric="score", mode="max", num_samples=30), objective
+    )
+    first = make_ray_searcher("coordinate_descent", space, metric="score", mode="max", num_samples=30)
+    running = [(f"trial_{i}", first.suggest(f"trial_{i}")) for i in range(cut)]
+    running = [(i, c) for i, c in running if c is not None]
+    for trial_id, config in running[: len(running) // 2]:  # some finished before the interruption
+        first.on_trial_complete(trial_id, {"score": objective(config)})
+    first.save(str(tmp_path / "searcher.pkl"))
+
+    second = pickle.loads(
+        pickle.dumps(make_ray_searcher("coordinate_descent", space, metric="score", mode="max"))
+    )
+    second.restore(str(tmp_path / "searcher.pkl"))
+    for trial_id, config in running[len(running) // 2 :]:  # Tune re-runs the unfinished ones
+        second.on_trial_complete(trial_id, {"score": objective(config)})
+    rest = tune_like(second, objective, start=100)
+    assert [c for _, c in running] + rest == whole
+
+
+@pytest.mark.parametrize("name", ["tpe", "random", "cmaes"])
+def test_optuna_searchers_start_at_the_start_point_and_respect_conditions(tmp_path, name):
+    if name == "cmaes" and importlib.util.find_spec("cmaes") is None:
+        pytest.skip("cmaes is not installed")
+    space = space_from_text(tmp_path, COND)
+    searcher = make_ray_searcher(name, space, metric="score", mode="max", seed=0, num_samples=12)
+    suggested = tune_like(searcher, lambda c: c["loss.lambda"], limit=12)
+    assert suggested[0] == {"loss": "supcon", "loss.lambda": 0.5, "loss.temperature": 0.1, "loss.alpha": 50.0}
+    for config in suggested:
+        assert ("loss.temperature" in config) == (config["loss"] == "supcon")
+        assert (
+            (10 <= config["loss.alpha"] <= 100)
+            if config["loss"] == "supcon"
+            else (1 <= config["loss.alpha"] <= 4)
+        )
+    assert len({tuple(sorted(c.items())) for c in suggested}) > 6
+    searcher.save(str(tmp_path / "s.pkl"))
+    restored = make_ray_searcher(name, space, metric="score", mode="max", seed=0)
+    restored.restore(str(tmp_path / "s.pkl"))
+    assert len(restored._ot_study.trials) == 12
+
+
+def test_grid_searcher_spends_the_budget_on_the_smallest_grid_that_fills_it(tmp_path):
+    space = space_from_text(tmp_path, COND)
+    assert [len(space.grid(n)) for n in (1, 2, 3)] == [2, 12, 36]
+    searcher = make_ray_searcher("grid", space, metric="score", mode="max", num_samples=36)
+    suggested = tune_like(searcher, lambda c: c["loss.lambda"])
+    assert suggested == space.grid(3)
+    assert searcher.core.best()[0]["loss.lambda"] == max(c["loss.lambda"] for c in suggested)
+    small = make_ray_searcher("grid", space, metric="score", mode="max", num_samples=5, seed=1)
+    subset = tune_like(small, lambda c: 0.0)
+    assert len(subset) == 5 and all(c in space.grid(2) for c in subset)
+    assert len({str(c) for c in subset}) == 5
+
+
+def test_cmaes_needs_its_package_and_unknown_searchers_are_refused():
+    with pytest.raises(ConfigError) as info:
+        check_searcher("bayes")
+    assert info.value.field == "--searcher" and "coordinate_descent" in info.value.expected
+    for name in SEARCHERS:
+        if name != "cmaes" or importlib.util.find_spec("cmaes") is not None:
+            check_searcher(name)
+    if importlib.util.find_spec("cmaes") is None:
+        with pytest.raises(ConfigError, match="cmaes"):
+            check_searcher("cmaes")
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_real_tuner_runs_coordinate_descent(tmp_path):
+    import ray
+    from ray import tune
+
+    space = space_from_text(tmp_path, BOWL)
+
+    def trainable(config):  # self-contained: Ray workers cannot import the test helpers
+        import math
+
+        x, lr, k = config["x"], config["lr"], config["k"]
+        tune.report(
+            {"score": -((x - 1.3) ** 2 / 25 + (math.log10(lr / 3e-3)) ** 2 / 9 + ((k - 20) / 63) ** 2)}
+        )
+
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False
+    )
+    try:
+        searcher = make_ray_searcher("coordinate_descent", space, metric="score", mode="max", num_samples=10)
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"fixed_key": 1},
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                num_samples=10,
+                metric="score",
+                mode="max",
+                max_concurrent_trials=2,
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), name="cd", verbose=0),
+        )
+        results = tuner.fit()
+    finally:
+        ray.shutdown()
+    assert len(results) == 10 and not results.errors
+    configs = [r.config for r in results]
+    assert all(c["fixed_key"] == 1 and isinstance(c["k"], int) for c in configs)
+    reference = drive(CoordinateDescent(space, max_trials=10), bowl)
+    assert max(r.metrics["score"] for r in results) == pytest.approx(max(v for _, _, v in reference))

@@ -1,0 +1,133 @@
+"""Ray Tune search algorithms over a SearchSpace: a ``Searcher`` around an ask/tell core
+(coordinate descent or grid), and Ray's ``OptunaSearch`` on the space's define-by-run function.
+
+``suggest`` returns the core's next config (flat searched keys; the driver's ``param_space``
+supplies the fixed ones), ``None`` while the core waits for the results of its current line (Tune
+then holds back new trials without a ``ConcurrencyLimiter``), or ``Searcher.FINISHED``.
+``on_trial_complete`` tells the trial's final metric; an errored trial, or one without a finite
+metric, counts as a failed result. ``save``/``restore`` pickle the core's ``state_dict`` with the
+trial-id map, so ``Tuner.restore`` continues the search where it stopped: trials still running at
+the interruption are re-run by Tune under the same ids and told to the core when they end.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from tuneddml.searchers.coordinate_descent import FINISHED
+
+
+class AskTellSearcher(Searcher):
+    """Ray Tune adapter; ``core`` has ``ask()``, ``tell(key, value)``, ``state_dict()``,
+    ``load_state_dict(state)`` and a ``mode`` attribute."""
+
+    def __init__(self, core: Any, *, metric: str | None = None, mode: str | None = None) -> None:
+        super().__init__(metric=metric or core.space.metric, mode=mode or core.mode)
+        self.core = core
+        self.core.mode = self._mode
+        self._trials: dict[str, str] = {}  # Ray trial id -> core trial key
+        self._asked = False
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        """Tune's metric and mode win over the space's, as long as nothing was suggested yet."""
+        if self._asked:
+            return False
+        if metric:
+            self._metric = metric
+        if mode:
+            self._mode = mode
+            self.core.mode = mode
+        return True
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        self._asked = True
+        got = self.core.ask()
+        if got is None:
+            return None
+        if got == FINISHED:
+            return Searcher.FINISHED
+        key, config = got
+        self._trials[trial_id] = key
+        return dict(config)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        key = self._trials.pop(trial_id, None)
+        if key is None:  # not ours (e.g. added by hand) or already told
+            return
+        value = None if error or not result else result.get(self._metric)
+        self.core.tell(key, value)
+
+    def get_state(self) -> dict[str, Any]:
+        return {
+            "core": self.core.state_dict(),
+            "trials": dict(self._trials),
+            "metric": self._metric,
+            "mode": self._mode,
+            "asked": self._asked,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.core.load_state_dict(state["core"])
+        self._trials = dict(state["trials"])
+        self._metric, self._mode, self._asked = state["metric"], state["mode"], state["asked"]
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.get_state(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.set_state(pickle.load(f))
+
+
+class CoordinateDescentSearch(AskTellSearcher):
+    """Coordinate descent (:class:`~tuneddml.searchers.coordinate_descent.CoordinateDescent`) as a
+    Ray Tune search algorithm."""
+
+    def __init__(
+        self,
+        space: Any,
+        *,
+        metric: str | None = None,
+        mode: str | None = None,
+        seed: int = 0,
+        max_trials: int | None = None,
+        line_points: int = 4,
+        initial_step: float = 0.25,
+        shrink: float = 0.5,
+        min_step: float = 1 / 32,
+    ) -> None:
+        from tuneddml.searchers.coordinate_descent import CoordinateDescent
+
+        core = CoordinateDescent(
+            space,
+            seed=seed,
+            mode=mode,
+            max_trials=max_trials,
+            line_points=line_points,
+            initial_step=initial_step,
+            shrink=shrink,
+            min_step=min_step,
+        )
+        super().__init__(core, metric=metric, mode=mode)
+
+
+class SpaceOptunaSearch(OptunaSearch):
+    """Ray's ``OptunaSearch`` over a SearchSpace: the space's define-by-run function (conditions
+    included), the start point evaluated first (so every searcher starts where coordinate descent
+    does), and variant names (``key@i``) mapped back to config keys."""
+
+    def __init__(self, space: Any, *, metric: str, mode: str, sampler: Any) -> None:
+        self.search_space = space
+        start = space.names_of(space.config_of(space.start_point()))
+        super().__init__(
+            space=space.define_by_run, metric=metric, mode=mode, sampler=sampler, points_to_evaluate=[start]
+        )
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        config = super().suggest(trial_id)
+        return None if config is None else self.search_space.keys_of(config)
