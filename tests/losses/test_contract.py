@@ -150,9 +150,17 @@ def _loss_miner_pairs():
     from tuneddml.losses import resolve_miner
     from tuneddml.sampling import MINERS
 
+    # Every native loss with every suitable native miner; the pytorch-metric-learning adapter's
+    # components (``pml:``) are paired with representatives only, or the grid runs to ~600 cases.
+    native_reps = {"triplet", "contrastive", "multi_similarity"}
+    pml_reps = {"semihard", "multi_similarity", "all_triplets"}
     combos = []
     for name in LOSSES.names():
         for miner in MINERS.names():
+            if name.startswith("pml:") and miner not in pml_reps:
+                continue
+            if miner.startswith("pml:") and name not in native_reps:
+                continue
             try:
                 resolve_miner(name, miner)
             except ConfigError:

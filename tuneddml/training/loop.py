@@ -191,6 +191,8 @@ class Trainer:
             with self._autocast():
                 emb = self.model(x)
             emb = emb.float()
+            if hasattr(self.sampler, "observe"):  # samplers that build batches from embeddings
+                self.sampler.observe(indices, F.normalize(emb.detach(), dim=1))
             if self.loss.expects_normalized:
                 emb = F.normalize(emb, dim=1)
             if self.embedding_aug is not None:
@@ -268,6 +270,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "loss": self.loss.state_dict(),
             "embedding_aug": self.embedding_aug.state_dict() if self.embedding_aug is not None else None,
+            "sampler": self.sampler.state_dict() if hasattr(self.sampler, "state_dict") else None,
             "optimizer": self.optimizer.state_dict(),
             "rng": self.rng.bit_generator.state,
             "generator": self.generator.get_state(),
@@ -281,6 +284,8 @@ class Trainer:
         self.loss.load_state_dict(state["loss"])
         if self.embedding_aug is not None:
             self.embedding_aug.load_state_dict(state["embedding_aug"])
+        if state.get("sampler") is not None and hasattr(self.sampler, "load_state_dict"):
+            self.sampler.load_state_dict(state["sampler"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.rng.bit_generator.state = state["rng"]
         self.generator.set_state(state["generator"])

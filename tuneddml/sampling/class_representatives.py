@@ -1,0 +1,161 @@
+"""Class-representative batches: the batch construction of "Deep Metric Learning with Alternating
+Projections onto Feasible Sets" (Can, Gürbüz & Alatan, ICIP 2021, arXiv 1907.07585)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from tuneddml.sampling import SAMPLERS
+from tuneddml.sampling.m_per_class import MPerClass
+
+
+@SAMPLERS.register(
+    "class_representatives",
+    ranges={"samples_per_class": "[2, 1024]", "hold": "[1, 100000]", "hard_fraction": "[0, 1]"},
+)
+class ClassRepresentatives(MPerClass):
+    """P classes x K items, each class led by a representative held for ``hold`` batches.
+
+    One of each class's K items is the class's *representative*: the same sample for ``hold``
+    consecutive batches.
+
+    The paper writes training as finding a feasible point of the constraint set
+    ``{f : s(f(x), f(x')) >= m_pos if y = y', s(f(x), f(x')) <= m_neg otherwise}`` over all pairs,
+    relaxes it to sets ``Omega_r`` that constrain only the pairs involving one representative
+    sample ``r_c`` per class, and solves by alternating projections: for ``hold`` iterations SGD
+    on the usual loss projects onto ``Omega_r`` (every batch contains ``r_c`` of each of its
+    classes, so every pair constraint of ``Omega_r`` in the batch is enforced), then new
+    representatives are drawn and the next projection starts. The paper shows that a projection
+    step is the usual loss plus a regularisation term under this batch construction; only the
+    batch construction is implemented here (the loss is whichever the trial names), and the
+    projection's pull towards the previous point is left to taking a few SGD steps from it.
+
+    Because the representatives are in every batch, their embeddings come for free from the
+    forward passes; with ``hard_fraction > 0`` they drive *hard class mining*: a batch is built
+    from random seed classes plus, for ``round(hard_fraction * P)`` of its ``P`` classes, the
+    classes whose representatives are most similar to a seed's (cosine similarity). The sampler
+    sees no model, so the trainer must call :meth:`observe` with each batch's indices and
+    embeddings; until it has, or for classes never observed, classes are drawn at random.
+
+    Parameters (defaults; valid ranges):
+
+    - ``samples_per_class`` K = 4 ([2, 1024]): items per class, the representative included;
+      must divide ``batch_size``.
+    - ``hold`` = 10 ([1, 1e5]): iterations (batches) one set of representatives is kept; the
+      paper holds them "for a certain number of iterations" (one projection step).
+    - ``hard_fraction`` = 0.0 ([0, 1]): share of each batch's classes chosen by hard class mining.
+    - ``replacement`` = False: let classes with fewer than K items repeat items.
+
+    Representatives are drawn uniformly at random within their class (our choice for the
+    paper's "particular samples"); the hold count carries over from one epoch to the next.
+    """
+
+    def __init__(
+        self,
+        *,
+        samples_per_class: int = 4,
+        hold: int = 10,
+        hard_fraction: float = 0.0,
+        replacement: bool = False,
+    ) -> None:
+        super().__init__(samples_per_class=samples_per_class, replacement=replacement)
+        self.hold = hold
+        self.hard_fraction = hard_fraction
+        self._classes: np.ndarray | None = None  # class label of each eligible group
+        self._reps: np.ndarray | None = None  # representative item index of each group
+        self._age = 0  # batches drawn with the current representatives
+        self._rep_embedding: dict[int, np.ndarray] = {}  # class label -> latest representative embedding
+
+    # -- representatives ---------------------------------------------------------------------
+    def _prepare(self, classes: np.ndarray, groups: list[np.ndarray], rng: np.random.Generator) -> None:
+        if self._classes is None or not np.array_equal(classes, self._classes):
+            self._classes, self._reps, self._age = classes, None, 0
+        if self._reps is None or self._age >= self.hold:
+            self._reps = np.array([rng.choice(g) for g in groups])
+            self._age = 0
+
+    def representatives(self) -> dict[int, int]:
+        """Class label -> index of its current representative (empty before the first batch)."""
+        if self._reps is None or self._classes is None:
+            return {}
+        return {int(c): int(r) for c, r in zip(self._classes, self._reps, strict=True)}
+
+    def observe(self, indices: np.ndarray, embeddings: torch.Tensor) -> None:
+        """Remember the embeddings of the representatives among ``indices`` (a training batch,
+        with its L2-normalised embeddings): the hard class mining reads them."""
+        if self._reps is None or self._classes is None:
+            return
+        where = {int(r): int(c) for c, r in zip(self._classes, self._reps, strict=True)}
+        emb = embeddings.detach().float().cpu().numpy()
+        for row, index in enumerate(np.asarray(indices).tolist()):
+            if index in where:
+                self._rep_embedding[where[index]] = emb[row]
+
+    # -- batches -------------------------------------------------------------------------------
+    def _pick_classes(self, p: int, rng: np.random.Generator) -> np.ndarray:
+        assert self._classes is not None
+        n = len(self._classes)
+        n_hard = min(round(self.hard_fraction * p), p - 1)
+        known = [g for g in range(n) if int(self._classes[g]) in self._rep_embedding]
+        if n_hard == 0 or len(known) < 2:
+            return rng.choice(n, size=p, replace=False)
+        seeds = list(rng.choice(n, size=p - n_hard, replace=False))
+        known_arr = np.array(known)
+        emb = np.stack([self._rep_embedding[int(self._classes[g])] for g in known])
+        chosen = set(seeds)
+        picks = list(seeds)
+        # round-robin over the seeds: each adds its most similar class not yet in the batch
+        order = [s for s in seeds if int(self._classes[s]) in self._rep_embedding]
+        sims = {s: emb @ self._rep_embedding[int(self._classes[s])] for s in order}
+        ranked = {s: known_arr[np.argsort(-sims[s], kind="stable")] for s in order}
+        cursor = dict.fromkeys(order, 0)
+        while len(picks) < p and order:
+            for s in list(order):
+                while cursor[s] < len(ranked[s]) and ranked[s][cursor[s]] in chosen:
+                    cursor[s] += 1
+                if cursor[s] == len(ranked[s]):
+                    order.remove(s)
+                    continue
+                g = int(ranked[s][cursor[s]])
+                chosen.add(g)
+                picks.append(g)
+                if len(picks) == p:
+                    break
+        if len(picks) < p:  # not enough observed classes: fill at random
+            rest = np.array([g for g in range(n) if g not in chosen])
+            picks.extend(rng.choice(rest, size=p - len(picks), replace=False).tolist())
+        return np.array(picks)
+
+    def batches(self, labels: np.ndarray, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+        groups = self._eligible(labels)
+        classes = np.array([labels[g[0]] for g in groups])
+        p = batch_size // self.k
+        for _ in range(self.num_batches(labels, batch_size)):
+            self._prepare(classes, groups, rng)
+            assert self._reps is not None
+            picks = []
+            for g in self._pick_classes(p, rng):
+                rep = self._reps[g]
+                others = groups[g][groups[g] != rep]
+                short = len(others) < self.k - 1
+                rest = rng.choice(others if len(others) else groups[g], size=self.k - 1, replace=short)
+                picks.append(np.concatenate([[rep], rest]))
+            self._age += 1
+            yield np.concatenate(picks).astype(np.int64)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "classes": self._classes,
+            "reps": self._reps,
+            "age": self._age,
+            "rep_embedding": dict(self._rep_embedding),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._classes, self._reps, self._age = state["classes"], state["reps"], int(state["age"])
+        self._rep_embedding = dict(state["rep_embedding"])
