@@ -1,0 +1,87 @@
+"""Normalised softmax cross-entropy with class weights as proxies (Zhai & Wu, "Classification is a
+Strong Baseline for Deep Metric Learning", BMVC 2019), in the positive / entropy view of Boudiaf et
+al. ("A Unifying Mutual Information View of Metric Learning: Cross-Entropy vs. Pairwise Losses",
+ECCV 2020)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from tuneddml.losses import LOSSES
+from tuneddml.losses._pairs import class_similarity, init_proxies
+from tuneddml.losses.base import BaseLoss
+
+
+@LOSSES.register(
+    "normsoftmax",
+    ranges={
+        "lam": "[0, 1]",
+        "temperature": "(0, inf)",
+        "proxies_per_class": "[1, 100]",
+        "label_smoothing": "[0, 1)",
+    },
+    runtime=("num_classes", "embedding_size"),
+)
+class NormSoftmaxLoss(BaseLoss):
+    """Cross-entropy over classes on cosine similarities to learned class proxies.
+
+    ``S_ic`` is the cosine similarity of embedding ``e_i`` to the proxy of class ``c`` (with
+    ``K = proxies_per_class > 1``, the soft maximum over the class's proxies of
+    :func:`~tuneddml.losses._pairs.class_similarity`, temperature 0.1). With logits
+    ``z_ic = S_ic / tau`` and target distribution ``q_i = (1 - eps) onehot(y_i) + eps / C``
+    (``eps`` = ``label_smoothing``), the cross-entropy splits as Boudiaf et al. do:
+
+    - ``pos`` = ``-mean_i sum_c q_ic z_ic`` (pull each embedding to its class proxy: the
+      conditional-entropy / tightness side of the mutual information);
+    - ``ent`` = ``mean_i log sum_c exp(z_ic)`` (push it from every proxy: the entropy /
+      contrastive side).
+
+    ``total = 2 lambda pos + 2 (1 - lambda) ent``; ``lambda = 0.5`` is the cross-entropy (with
+    ``eps = 0``, pytorch-metric-learning's ``NormalizedSoftmaxLoss``). Boudiaf et al. show this
+    loss upper-bounds a pairwise loss with the same two sides, so the balance is searched the same
+    way as for contrastive losses.
+
+    Proxies: ``proxies``, an ``nn.Parameter`` of shape ``(C * K, d)`` (class ``c`` owns rows
+    ``c*K .. c*K + K-1``), trained with ``proxy_lr``; normalised when used.
+
+    Parameters: ``lambda`` in [0, 1] (0.5); ``temperature`` ``tau`` in (0, inf) (0.05, Zhai &
+    Wu); ``proxies_per_class`` in [1, 100] (1); ``label_smoothing`` in [0, 1) (0).
+    """
+
+    term_names: ClassVar[tuple[str, ...]] = ("pos", "ent")
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        embedding_size: int,
+        lam: float = 0.5,
+        temperature: float = 0.05,
+        proxies_per_class: int = 1,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.lam = lam
+        self.temperature = temperature
+        self.proxies_per_class = proxies_per_class
+        self.label_smoothing = label_smoothing
+        self.proxies = init_proxies(num_classes, proxies_per_class, embedding_size)
+
+    def weights(self) -> dict[str, float]:
+        return {"pos": 2 * self.lam, "ent": 2 * (1 - self.lam)}
+
+    def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """``(n, C)`` logits ``S_ic / tau``."""
+        return class_similarity(embeddings, self.proxies, self.proxies_per_class) / self.temperature
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        z = self.logits(embeddings)
+        eps = self.label_smoothing
+        target = torch.full_like(z, eps / self.num_classes)
+        target[torch.arange(len(labels), device=z.device), labels] += 1.0 - eps
+        pos = -(target * z).sum(dim=1).mean()
+        ent = torch.logsumexp(z, dim=1).mean()
+        return self.combine({"pos": pos, "ent": ent})
