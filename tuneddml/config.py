@@ -44,6 +44,7 @@ class TrialConfig:
     split: Literal["val", "test"] = "val"  # val: a class-disjoint fold of the training classes
     num_folds: int = 4
     fold: int = 0
+    fold_seed: int = 0  # partition of the training classes into folds: the same for every trial of a search
     # model
     backbone: str = "small_cnn"
     embedding_size: int = 64
@@ -82,8 +83,11 @@ class TrialConfig:
             prefix, dot, rest = key.partition(".")
             if dot:
                 if prefix not in COMPONENTS or not rest:
-                    raise ConfigError(key, value, f"a field or <component>.<param> with component one of "
-                                      f"{', '.join(COMPONENTS)}")
+                    raise ConfigError(
+                        key,
+                        value,
+                        f"a field or <component>.<param> with component one of {', '.join(COMPONENTS)}",
+                    )
                 nested[prefix][rest] = value
             elif key.endswith("_params") and isinstance(value, Mapping):
                 nested[key.removesuffix("_params")].update(value)
@@ -112,8 +116,11 @@ class TrialConfig:
             if prefix == "dataset":
                 for reserved in ("root", "image_size"):
                     if reserved in params:
-                        raise ConfigError(f"dataset.{reserved}", params[reserved],
-                                          f"set it with the top-level key {'data_root' if reserved == 'root' else reserved}")
+                        raise ConfigError(
+                            f"dataset.{reserved}",
+                            params[reserved],
+                            f"set it with the top-level key {'data_root' if reserved == 'root' else reserved}",
+                        )
                 checked = registry.validate(name, params, field=prefix)
                 checked.pop("root", None)
                 checked.pop("image_size", None)
@@ -198,8 +205,11 @@ def _flatten(data: Mapping[str, Any]) -> dict[str, Any]:
 
 def _check_no_params(prefix: str, name: str, params: Mapping[str, Any]) -> dict[str, Any]:
     if params:
-        raise ConfigError(f"{prefix}.{next(iter(params))}", next(iter(params.values())),
-                          f"no {prefix} parameters with {prefix}={name}: name a {prefix}")
+        raise ConfigError(
+            f"{prefix}.{next(iter(params))}",
+            next(iter(params.values())),
+            f"no {prefix} parameters with {prefix}={name}: name a {prefix}",
+        )
     return {}
 
 
@@ -210,8 +220,14 @@ def component_registries() -> dict[str, Registry[Any]]:
     from tuneddml.models import BACKBONES
     from tuneddml.sampling import EMBEDDING_AUGMENTERS, MINERS, SAMPLERS
 
-    return {"dataset": DATASETS, "backbone": BACKBONES, "loss": LOSSES, "miner": MINERS, "sampler": SAMPLERS,
-            "embedding_aug": EMBEDDING_AUGMENTERS}
+    return {
+        "dataset": DATASETS,
+        "backbone": BACKBONES,
+        "loss": LOSSES,
+        "miner": MINERS,
+        "sampler": SAMPLERS,
+        "embedding_aug": EMBEDDING_AUGMENTERS,
+    }
 
 
 _TOP_SPECS = param_specs(

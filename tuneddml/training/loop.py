@@ -107,7 +107,7 @@ class Trainer:
             field="dataset",
         )
         self.data = make_split(
-            dataset, split=config.split, num_folds=config.num_folds, fold=config.fold, seed=config.seed
+            dataset, split=config.split, num_folds=config.num_folds, fold=config.fold, seed=config.fold_seed
         )
         self.sampler = SAMPLERS.build(config.sampler, config.sampler_params, field="sampler")
         self.sampler.check(self.data.train.labels, config.batch_size)

@@ -1,0 +1,123 @@
+"""Images read from disk (or from encoded bytes) at load time, and checks of a dataset's files.
+
+:class:`FileItems` keeps only the paths (or the encoded bytes, for images stored in a table) and
+decodes a batch when it is loaded (:func:`tuneddml.data.transforms.decode_image`). Loaders call
+:func:`check_images` first, so that a missing or unreadable image stops the trial with a
+:class:`~tuneddml.errors.ConfigError` naming the file before any training starts.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from tuneddml.data.transforms import decode_image
+from tuneddml.errors import ConfigError
+
+Source = str | os.PathLike[str] | bytes
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+class FileItems:
+    """Images given by path (or encoded bytes), decoded on load to RGB ``[B, 3, S, S]`` in [0, 1].
+
+    ``field`` names the configuration field blamed if an image turns out unreadable at load time.
+    """
+
+    kind: Literal["image", "vector"] = "image"
+
+    def __init__(
+        self, paths: Sequence[Source], labels: np.ndarray, image_size: int, *, field: str = "data_root"
+    ) -> None:
+        if len(paths) != len(labels):
+            raise ValueError(f"{len(paths)} images but {len(labels)} labels")
+        self.paths = list(paths)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.image_size = image_size
+        self.field = field
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        return (3, self.image_size, self.image_size)
+
+    def load(self, indices: np.ndarray) -> torch.Tensor:
+        out = torch.empty(len(indices), *self.item_shape)
+        for row, i in enumerate(np.asarray(indices).reshape(-1)):
+            source = self.paths[int(i)]
+            try:
+                out[row] = decode_image(source, self.image_size)
+            except _DECODE_ERRORS as exc:
+                raise ConfigError(
+                    self.field, _describe(source, int(i)), f"a readable image ({exc})"
+                ) from None
+        return out
+
+    def subset(self, indices: np.ndarray) -> FileItems:
+        indices = np.asarray(indices).reshape(-1)
+        return FileItems(
+            [self.paths[int(i)] for i in indices], self.labels[indices], self.image_size, field=self.field
+        )
+
+
+def _describe(source: Source, index: int) -> str:
+    return f"image bytes of row {index}" if isinstance(source, bytes) else str(source)
+
+
+def _verify(source: Source) -> str | None:
+    """None if Pillow can parse the image's header (and, for PNG, its chunks), else the reason."""
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            image.verify()
+    except FileNotFoundError:
+        return "missing"
+    except _DECODE_ERRORS as exc:
+        return f"unreadable ({exc})"
+    return None
+
+
+def check_images(
+    sources: Sequence[Source], *, root: str | Path, layout: str, field: str = "data_root"
+) -> None:
+    """Fail before training if an image is missing or unreadable.
+
+    A missing file gives ``ConfigError(field, root, layout + "; missing image: <path>")`` (the folder
+    is not in the layout); an unreadable one ``ConfigError(field, <the file>, "a readable image")``.
+    Cheap per image (Pillow reads the header; ``verify`` checks PNG chunks without decoding), and
+    run in threads since it is mostly waiting for the disk.
+    """
+    if not sources:
+        return
+    with ThreadPoolExecutor(max_workers=min(8, len(sources))) as pool:
+        for i, problem in enumerate(pool.map(_verify, sources, chunksize=64)):
+            if problem == "missing":
+                raise ConfigError(field, str(root), f"{layout}; missing image: {sources[i]!s}")
+            if problem is not None:
+                raise ConfigError(field, _describe(sources[i], i), f"a readable image file; {problem}")
+
+
+def require_dir(root: str | None, expected: str, field: str = "data_root") -> Path:
+    """``root`` as a folder, or ``ConfigError(field, root, expected)`` if it is not one."""
+    if root is None or not str(root).strip():
+        raise ConfigError(field, root, expected)
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise ConfigError(field, str(root), expected)
+    return path
+
+
+def require_file(path: Path, root: Path, expected: str, field: str = "data_root") -> Path:
+    """``path`` if it is a file, else ``ConfigError`` naming the folder and the missing file."""
+    if not path.is_file():
+        raise ConfigError(field, str(root), f"{expected}; missing file: {path}")
+    return path
