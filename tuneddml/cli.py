@@ -11,15 +11,26 @@ from tuneddml.errors import ConfigError
 EXIT_BAD_INPUT = 2
 
 
-def parse_overrides(items: Sequence[str]) -> dict[str, str]:
-    """``["loss=supcon", "loss.lambda=0.3"]`` -> ``{"loss": "supcon", "loss.lambda": "0.3"}``."""
-    out: dict[str, str] = {}
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["loss=supcon", "loss.lambda=0.3"]`` -> ``{"loss": "supcon", "loss.lambda": 0.3}``.
+
+    Numbers become ints or floats; everything else stays a string (the config coerces it)."""
+    out: dict[str, Any] = {}
     for item in items:
         key, eq, value = item.partition("=")
-        if not eq or not key:
+        if not eq or not key.strip():
             raise ConfigError("argument", item, "KEY=VALUE, e.g. loss=supcon or loss.lambda=0.3")
-        out[key.strip()] = value.strip()
+        out[key.strip()] = _number_or_text(value.strip())
     return out
+
+
+def _number_or_text(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:

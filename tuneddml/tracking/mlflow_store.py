@@ -16,7 +16,7 @@ import os
 import socket
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -24,6 +24,11 @@ from urllib.parse import urlparse
 from tuneddml.errors import ConfigError
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# the sqlite store's schema-migration chatter is not the user's business
+import logging  # noqa: E402
+
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 TRIAL_TAG = "tuneddml.trial_id"
 STATUS_TAG = "tuneddml.status"
@@ -82,7 +87,9 @@ def start_search_run(
     client = _client(uri)
     experiment_id = _experiment_id(client, experiment)
     run = client.create_run(
-        experiment_id, run_name=search_name, tags={SEARCH_TAG: search_name, **{k: str(v) for k, v in tags.items()}}
+        experiment_id,
+        run_name=search_name,
+        tags={SEARCH_TAG: search_name, **{k: str(v) for k, v in tags.items()}},
     )
     _log_params(client, run.info.run_id, params)
     return experiment_id, run.info.run_id
@@ -161,15 +168,36 @@ class MlflowTrialLogger:
             self._client_obj = _client(self.uri)
         return self._client_obj
 
-    def run_for(self, trial_id: str, config: Mapping[str, Any]) -> str:
-        """The child run of ``trial_id``: found again if it exists, else created."""
+    def run_for(self, trial_id: str, config: Mapping[str, Any], known_trials: Iterable[str] = ()) -> str:
+        """The child run of ``trial_id``: found again if it exists, else created.
+
+        A trial that had started when the driver died, but after Ray's last snapshot of the
+        experiment, is unknown to the resumed search, which runs its configuration again under a
+        new trial id. Its child run (still "running", same parameters, trial id not among
+        ``known_trials``) is adopted by the new trial rather than left beside a second one.
+        """
         if trial_id in self.run_ids:
             return self.run_ids[trial_id]
+        parent = f"tags.mlflow.parentRunId = '{self.parent_run_id}'"
         found = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
+            filter_string=f"{parent} and tags.`{TRIAL_TAG}` = '{trial_id}'",
             max_results=1,
         )
+        if not found:
+            known = set(known_trials) | {trial_id}
+            wanted = {str(k): str(v)[:6000] for k, v in config.items()}
+            lost = self.client.search_runs(
+                [self.experiment_id], filter_string=f"{parent} and tags.`{STATUS_TAG}` = 'running'"
+            )
+            found = [r for r in lost if r.data.tags.get(TRIAL_TAG) not in known and r.data.params == wanted][
+                :1
+            ]
+            if found:
+                self.client.set_tag(
+                    found[0].info.run_id, "tuneddml.lost_trial_id", found[0].data.tags[TRIAL_TAG]
+                )
+                self.client.set_tag(found[0].info.run_id, TRIAL_TAG, trial_id)
         if found:
             run_id = found[0].info.run_id
         else:
@@ -210,8 +238,19 @@ class MlflowTrialLogger:
 
 
 _NOT_METRICS = {
-    "time_this_iter_s", "time_total_s", "timestamp", "training_iteration", "pid", "time_since_restore",
-    "iterations_since_restore", "done", "trial_id", "date", "hostname", "node_ip", "checkpoint_dir_name",
+    "time_this_iter_s",
+    "time_total_s",
+    "timestamp",
+    "training_iteration",
+    "pid",
+    "time_since_restore",
+    "iterations_since_restore",
+    "done",
+    "trial_id",
+    "date",
+    "hostname",
+    "node_ip",
+    "checkpoint_dir_name",
     "should_checkpoint",
 }
 

@@ -111,7 +111,9 @@ def prepare_search(
     if cpus_per_trial <= 0:
         raise ConfigError("--cpus-per-trial", cpus_per_trial, "a positive number of CPUs")
     if gpus_per_trial < 0:
-        raise ConfigError("--gpus-per-trial", gpus_per_trial, "zero or a positive (fractional) number of GPUs")
+        raise ConfigError(
+            "--gpus-per-trial", gpus_per_trial, "zero or a positive (fractional) number of GPUs"
+        )
     if max_concurrent is None:
         max_concurrent = max(1, int((os.cpu_count() or 1) // cpus_per_trial)) if address is None else 8
     if max_concurrent < 1:
@@ -121,21 +123,48 @@ def prepare_search(
         raise ConfigError("--storage", str(storage_path), "a folder")
     if not storage_path.parent.is_dir():
         raise ConfigError("--storage", str(storage_path), "a path whose parent folder exists")
+    if resume:
+        name = name or _latest_search(storage_path, loaded.name)
+        meta_file = storage_path / name / "search.json"
+        if not meta_file.is_file():
+            raise ConfigError("--name", name, f"a search under {storage_path} to resume")
+        meta = json.loads(meta_file.read_text())
+        if overrides and dict(overrides) != meta["overrides"]:
+            raise ConfigError(
+                "--resume",
+                " ".join(f"{k}={v}" for k, v in overrides.items()),
+                "no KEY=VALUE settings: a resumed search keeps the settings it started with",
+            )
+        # a resumed search is the same search: its budget, searcher and settings come from its record
+        searcher, scheduler, num_samples = meta["searcher"], meta["scheduler"], meta["num_samples"]
+        overrides, cpus_per_trial = meta["overrides"], meta["cpus_per_trial"]
+        tracking_uri = tracking_uri or meta["tracking_uri"]
     tracking_uri = tracking_uri or default_tracking_uri(".")
     check_tracking_uri(tracking_uri)
     if address is not None:
         _check_address(address)
-    if resume:
-        name = name or _latest_search(storage_path, loaded.name)
-        if not (storage_path / name).is_dir():
-            raise ConfigError("--name", name, f"a search under {storage_path} to resume")
-    else:
+    if not resume:
         name = name or f"{loaded.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         if (storage_path / name).exists():
-            raise ConfigError("--name", name, "a new search name (that one exists: add --resume to continue it)")
-    request = SearchRequest(loaded, searcher, scheduler, num_samples, max_concurrent, cpus_per_trial,
-                            gpus_per_trial, address, tracking_uri, storage_path, name, resume,
-                            dict(overrides or {}), seed)
+            raise ConfigError(
+                "--name", name, "a new search name (that one exists: add --resume to continue it)"
+            )
+    request = SearchRequest(
+        loaded,
+        searcher,
+        scheduler,
+        num_samples,
+        max_concurrent,
+        cpus_per_trial,
+        gpus_per_trial,
+        address,
+        tracking_uri,
+        storage_path,
+        name,
+        resume,
+        dict(overrides or {}),
+        seed,
+    )
     loaded.validate_overrides(request.fixed)
     return request
 
@@ -155,10 +184,18 @@ class _MlflowCallback(Callback):
 
     @staticmethod
     def _config(trial: Any) -> dict[str, Any]:
-        return {k: v for k, v in trial.config.items() if not k.startswith("_")}
+        """Every setting of the trial, defaults included (what the trial really ran with)."""
+        from tuneddml.config import TrialConfig
+        from tuneddml.errors import ConfigError
+
+        flat = {k: v for k, v in trial.config.items() if not k.startswith("_")}
+        try:
+            return TrialConfig.from_flat(flat).to_flat()
+        except ConfigError:  # the trial itself will fail and say why
+            return flat
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.logger.run_for(trial.trial_id, self._config(trial))
+        self.logger.run_for(trial.trial_id, self._config(trial), [t.trial_id for t in trials])
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self.logger.log_epoch(trial.trial_id, self._config(trial), result)
@@ -166,8 +203,14 @@ class _MlflowCallback(Callback):
     def _finish(self, trial: Any, errored: bool) -> None:
         config = self._config(trial)
         status = trial_status(trial.last_result, int(config.get("epochs", 0)), errored)
-        self.logger.finish(trial.trial_id, config, trial.last_result, status, _best_checkpoint(trial),
-                           error=str(trial.error_file) if errored else None)
+        self.logger.finish(
+            trial.trial_id,
+            config,
+            trial.last_result,
+            status,
+            _best_checkpoint(trial),
+            error=str(trial.error_file) if errored else None,
+        )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, errored=False)
@@ -207,11 +250,19 @@ class SearchSummary:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "search": self.name, "space": self.space, "searcher": self.searcher, "metric": self.metric,
-            "mode": self.mode, "trials": self.counts, "best_trial": self.best_trial,
-            "best_config": self.best_config, "best_metrics": self.best_metrics,
-            "parent_run_id": self.parent_run_id, "experiment_id": self.experiment_id,
-            "tracking_uri": self.tracking_uri, "results": str(self.results_file),
+            "search": self.name,
+            "space": self.space,
+            "searcher": self.searcher,
+            "metric": self.metric,
+            "mode": self.mode,
+            "trials": self.counts,
+            "best_trial": self.best_trial,
+            "best_config": self.best_config,
+            "best_metrics": self.best_metrics,
+            "parent_run_id": self.parent_run_id,
+            "experiment_id": self.experiment_id,
+            "tracking_uri": self.tracking_uri,
+            "results": str(self.results_file),
             "seconds": round(self.seconds, 1),
         }
 
@@ -235,67 +286,131 @@ def run_search(request: SearchRequest, *, stream: IO[str] | None = None) -> Sear
         experiment_id, parent_run_id = meta["experiment_id"], meta["parent_run_id"]
     else:
         experiment_id, parent_run_id = start_search_run(
-            request.tracking_uri, space.name, request.name,
-            tags={"tuneddml.space": space.name, "tuneddml.searcher": request.searcher,
-                  "tuneddml.version": __version__, "tuneddml.budget": request.num_samples,
-                  "tuneddml.scheduler": request.scheduler},
-            params={"space": space.name, "space_file": str(space.path), "searcher": request.searcher,
-                    "num_samples": request.num_samples, "scheduler": request.scheduler,
-                    "metric": space.metric, "mode": space.mode, "max_concurrent": request.max_concurrent,
-                    "seed": request.seed, **{f"fixed.{k}": v for k, v in request.fixed.items()}},
+            request.tracking_uri,
+            space.name,
+            request.name,
+            tags={
+                "tuneddml.space": space.name,
+                "tuneddml.searcher": request.searcher,
+                "tuneddml.version": __version__,
+                "tuneddml.budget": request.num_samples,
+                "tuneddml.scheduler": request.scheduler,
+            },
+            params={
+                "space": space.name,
+                "space_file": str(space.path),
+                "searcher": request.searcher,
+                "num_samples": request.num_samples,
+                "scheduler": request.scheduler,
+                "metric": space.metric,
+                "mode": space.mode,
+                "max_concurrent": request.max_concurrent,
+                "seed": request.seed,
+                **{f"fixed.{k}": v for k, v in request.fixed.items()},
+            },
         )
         request.folder.mkdir(parents=True, exist_ok=False)
-        meta = {"name": request.name, "space": space.name, "space_file": str(space.path),
-                "searcher": request.searcher, "tracking_uri": request.tracking_uri,
-                "experiment_id": experiment_id, "parent_run_id": parent_run_id,
-                "metric": space.metric, "mode": space.mode, "num_samples": request.num_samples}
+        meta = {
+            "name": request.name,
+            "space": space.name,
+            "space_file": str(space.path),
+            "searcher": request.searcher,
+            "tracking_uri": request.tracking_uri,
+            "experiment_id": experiment_id,
+            "parent_run_id": parent_run_id,
+            "metric": space.metric,
+            "mode": space.mode,
+            "num_samples": request.num_samples,
+            "scheduler": request.scheduler,
+            "overrides": request.overrides,
+            "cpus_per_trial": request.cpus_per_trial,
+        }
         tmp = meta_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(meta, indent=2))
         tmp.replace(meta_file)
 
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    init_kwargs: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False,
-                                   "configure_logging": True, "logging_level": "ERROR"}
+    # snapshot the experiment (trials, searcher state) every second, so that a driver killed
+    # mid-search loses as little as possible on --resume
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    init_kwargs: dict[str, Any] = {
+        "log_to_driver": False,
+        "include_dashboard": False,
+        "configure_logging": True,
+        "logging_level": "ERROR",
+    }
     if request.address is None:
         init_kwargs.update(address="local", num_cpus=os.cpu_count(), num_gpus=None)
     else:
         init_kwargs["address"] = request.address
     ray.init(**init_kwargs)
     try:
-        trainable = tune.with_resources(train_trial, {"cpu": request.cpus_per_trial, "gpu": request.gpus_per_trial})
-        param_space = {**request.fixed, "_metric": space.metric, "_mode": space.mode}
-        tracker = MlflowTrialLogger(request.tracking_uri, experiment_id, parent_run_id, space.metric, space.mode)
-        progress = SearchProgress(num_samples=request.num_samples, metric=space.metric, mode=space.mode,
-                                  concurrency=request.max_concurrent, stream=out)
+        trainable = tune.with_resources(
+            tune.with_parameters(train_trial, metric=space.metric),
+            {"cpu": request.cpus_per_trial, "gpu": request.gpus_per_trial},
+        )
+        param_space = dict(request.fixed)
+        tracker = MlflowTrialLogger(
+            request.tracking_uri, experiment_id, parent_run_id, space.metric, space.mode
+        )
+        progress = SearchProgress(
+            num_samples=request.num_samples,
+            metric=space.metric,
+            mode=space.mode,
+            concurrency=request.max_concurrent,
+            stream=out,
+        )
         if request.resume:
             print(f"resuming search {request.name} from {request.folder}", file=out, flush=True)
-            tuner = tune.Tuner.restore(str(request.folder), trainable=trainable, resume_unfinished=True,
-                                       resume_errored=True, param_space=param_space)
+            tuner = tune.Tuner.restore(
+                str(request.folder),
+                trainable=trainable,
+                resume_unfinished=True,
+                resume_errored=True,
+                param_space=param_space,
+            )
         else:
-            algo = make_ray_searcher(request.searcher, space, metric=space.metric, mode=space.mode,
-                                     seed=request.seed, max_concurrent=request.max_concurrent,
-                                     num_samples=request.num_samples)
+            algo = make_ray_searcher(
+                request.searcher,
+                space,
+                metric=space.metric,
+                mode=space.mode,
+                seed=request.seed,
+                max_concurrent=request.max_concurrent,
+                num_samples=request.num_samples,
+            )
             scheduler = _make_scheduler(request, space)
             tuner = tune.Tuner(
                 trainable,
                 param_space=param_space,
                 tune_config=tune.TuneConfig(
-                    search_alg=algo, scheduler=scheduler, num_samples=request.num_samples,
-                    metric=space.metric, mode=space.mode, max_concurrent_trials=request.max_concurrent,
+                    search_alg=algo,
+                    scheduler=scheduler,
+                    num_samples=request.num_samples,
+                    metric=space.metric,
+                    mode=space.mode,
+                    max_concurrent_trials=request.max_concurrent,
                     reuse_actors=True,
                 ),
                 run_config=tune.RunConfig(
-                    name=request.name, storage_path=str(request.storage), verbose=0,
+                    name=request.name,
+                    storage_path=str(request.storage),
+                    verbose=0,
                     callbacks=[progress, _MlflowCallback(tracker)],
                     failure_config=tune.FailureConfig(max_failures=2),
                     checkpoint_config=tune.CheckpointConfig(
-                        num_to_keep=2, checkpoint_score_attribute=space.metric,
-                        checkpoint_score_order=space.mode),
+                        num_to_keep=2,
+                        checkpoint_score_attribute=space.metric,
+                        checkpoint_score_order=space.mode,
+                    ),
                 ),
             )
-            print(f"search {request.name}: space={space.name} searcher={request.searcher} "
-                  f"scheduler={request.scheduler} budget={request.num_samples} trials, "
-                  f"up to {request.max_concurrent} at once", file=out, flush=True)
+            print(
+                f"search {request.name}: space={space.name} searcher={request.searcher} "
+                f"scheduler={request.scheduler} budget={request.num_samples} trials, "
+                f"up to {request.max_concurrent} at once",
+                file=out,
+                flush=True,
+            )
         grid = tuner.fit()
         rows = _result_rows(grid, request, tracker, parent_run_id)
     finally:
@@ -309,7 +424,9 @@ def _make_scheduler(request: SearchRequest, space: Any) -> Any:
     epochs = int(request.fixed.get("epochs", 5))
     if request.scheduler == "fifo" or epochs < 3:
         return FIFOScheduler()
-    return ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=max(1, epochs // 4), reduction_factor=2)
+    return ASHAScheduler(
+        time_attr="epoch", max_t=epochs, grace_period=max(1, epochs // 4), reduction_factor=2
+    )
 
 
 def _trial_order(trial_id: str, path: str) -> int:
@@ -333,17 +450,30 @@ def _result_rows(grid: Any, request: SearchRequest, tracker: MlflowTrialLogger, 
             if values:
                 best = max(values) if request.space.mode == "max" else min(values)
         row: dict[str, Any] = {
-            "search": request.name, "space": request.space.name, "searcher": request.searcher,
-            "metric": metric, "mode": request.space.mode, "trial_id": trial_id,
-            "order": _trial_order(trial_id, result.path or ""), "status": status, "epochs": int(last.get("epoch", 0) or 0),
+            "search": request.name,
+            "space": request.space.name,
+            "searcher": request.searcher,
+            "metric": metric,
+            "mode": request.space.mode,
+            "trial_id": trial_id,
+            "order": _trial_order(trial_id, result.path or ""),
+            "status": status,
+            "epochs": int(last.get("epoch", 0) or 0),
             "seconds": float(last.get("time_total_s", 0.0) or 0.0),
-            "mlflow_run_id": tracker.run_ids.get(trial_id), "parent_run_id": parent,
+            "mlflow_run_id": tracker.run_ids.get(trial_id),
+            "node_id": last.get("node_id"),
+            "parent_run_id": parent,
             f"best.{metric}": None if math.isnan(best) else best,
         }
         row.update({f"config.{k}": v for k, v in config.items()})
         if status not in ("failed",) and last:
-            row.update({f"metric.{k}": float(v) for k, v in last.items()
-                        if k in _METRIC_KEYS or k.startswith(("recall_at_", "ndcg_at_"))})
+            row.update(
+                {
+                    f"metric.{k}": float(v)
+                    for k, v in last.items()
+                    if k in _METRIC_KEYS or k.startswith(("recall_at_", "ndcg_at_"))
+                }
+            )
         rows.append(row)
     rows.sort(key=lambda r: r["order"])
     return rows
@@ -362,8 +492,10 @@ def write_results(rows: list[dict], path: Path) -> None:
     for key in keys:
         values = [row.get(key) for row in rows]
         present = [v for v in values if v is not None]
-        if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present) and any(
-            isinstance(v, float) for v in present
+        if (
+            present
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present)
+            and any(isinstance(v, float) for v in present)
         ):
             values = [None if v is None else float(v) for v in values]
         elif present and len({type(v) for v in present}) > 1:
@@ -375,8 +507,14 @@ def write_results(rows: list[dict], path: Path) -> None:
     tmp.replace(path)
 
 
-def _summarise(rows: list[dict], request: SearchRequest, experiment_id: str, parent_run_id: str,
-               seconds: float, out: IO[str]) -> SearchSummary:
+def _summarise(
+    rows: list[dict],
+    request: SearchRequest,
+    experiment_id: str,
+    parent_run_id: str,
+    seconds: float,
+    out: IO[str],
+) -> SearchSummary:
     from tuneddml.tracking.mlflow_store import finish_search_run
 
     metric, mode = request.space.metric, request.space.mode
@@ -389,27 +527,46 @@ def _summarise(rows: list[dict], request: SearchRequest, experiment_id: str, par
         best = (max if mode == "max" else min)(scored, key=lambda r: r[f"best.{metric}"])
     results_file = request.folder / "results.parquet"
     write_results(rows, results_file)
-    best_config = {k.removeprefix("config."): v for k, v in best.items() if k.startswith("config.")} if best else None
-    best_metrics = {k.removeprefix("metric."): v for k, v in best.items() if k.startswith("metric.")} if best else None
+    best_config = (
+        {k.removeprefix("config."): v for k, v in best.items() if k.startswith("config.")} if best else None
+    )
+    best_metrics = (
+        {k.removeprefix("metric."): v for k, v in best.items() if k.startswith("metric.")} if best else None
+    )
     if best is not None and best_metrics is not None:
         best_metrics[f"best_{metric}"] = best[f"best.{metric}"]
-    artifacts = [results_file]
     report_files: list[Path] = []
     try:
-        from tuneddml.report import make_report
+        from tuneddml.report import log_report, make_report
 
         report_files = list(make_report([results_file], request.folder / "report"))
-    except ImportError:
-        pass
+    except Exception as exc:  # a plot must never cost the search its results
+        print(f"warning: report not drawn: {exc}", file=out)
     summary_metrics = {f"trials_{k}": v for k, v in counts.items()}
     if best is not None:
         summary_metrics[f"best_{metric}"] = best[f"best.{metric}"]
-    tags = {"tuneddml.best_trial": best["trial_id"] if best else "none"}
-    finish_search_run(request.tracking_uri, parent_run_id, summary_metrics, tags, artifacts + report_files)
     if best_config is not None:
         from mlflow.tracking import MlflowClient
 
         MlflowClient(request.tracking_uri).log_dict(parent_run_id, best_config, "best_config.json")
-    return SearchSummary(request.name, request.space.name, request.searcher, metric, mode, counts, best_config,
-                         best_metrics, best["trial_id"] if best else None, parent_run_id, experiment_id,
-                         request.tracking_uri, request.folder, results_file, seconds)
+    if report_files:
+        log_report(report_files, [(request.tracking_uri, parent_run_id)])
+    tags = {"tuneddml.best_trial": best["trial_id"] if best else "none"}
+    finish_search_run(request.tracking_uri, parent_run_id, summary_metrics, tags, [results_file])
+    return SearchSummary(
+        request.name,
+        request.space.name,
+        request.searcher,
+        metric,
+        mode,
+        counts,
+        best_config,
+        best_metrics,
+        best["trial_id"] if best else None,
+        parent_run_id,
+        experiment_id,
+        request.tracking_uri,
+        request.folder,
+        results_file,
+        seconds,
+    )

@@ -15,9 +15,10 @@ from typing import Any
 CHECKPOINT_FILE = "trainer.pt"
 
 
-def train_trial(params: dict[str, Any]) -> None:
-    """Ray Tune function trainable; ``params`` are flat trial-config keys (fixed + searched) plus
-    ``_metric``/``_mode`` (the search's metric, so a diverged trial can report its worst value)."""
+def train_trial(params: dict[str, Any], metric: str = "map_at_r") -> None:
+    """Ray Tune function trainable; ``params`` are flat trial-config keys (fixed + searched);
+    ``metric`` is the search's metric, which a diverged trial reports as NaN."""
+    import ray
     from ray import tune
 
     from tuneddml.config import TrialConfig
@@ -25,7 +26,7 @@ def train_trial(params: dict[str, Any]) -> None:
     from tuneddml.training import Trainer
 
     flat = {k: v for k, v in params.items() if not k.startswith("_")}
-    metric = params.get("_metric", "map_at_r")
+    node = ray.get_runtime_context().get_node_id()  # which node ran the trial (clusters)
     config = TrialConfig.from_flat(flat)
     trainer = Trainer(config)
     checkpoint = tune.get_checkpoint()
@@ -37,11 +38,11 @@ def train_trial(params: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as folder:
             tr.save(Path(folder) / CHECKPOINT_FILE)
             tune.report(
-                {**epoch_report.flat(), "diverged": 0},
+                {**epoch_report.flat(), "diverged": 0, "node_id": node},
                 checkpoint=tune.Checkpoint.from_directory(folder),
             )
 
     try:
         trainer.run(report)
     except TrialDiverged as exc:
-        tune.report({"epoch": exc.epoch, metric: math.nan, "diverged": 1, "error": str(exc)})
+        tune.report({"epoch": exc.epoch, metric: math.nan, "diverged": 1, "error": str(exc), "node_id": node})

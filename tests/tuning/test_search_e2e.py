@@ -1,0 +1,217 @@
+"""End to end through real Ray, a real sqlite MLflow store and glyphs-tiny."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.tuning.procs import (
+    ROOT,
+    kill_tree_hard,
+    search_command,
+    short_tmp,
+    start,
+    stop_tree,
+    test_env,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+TINY = ["epochs=2", "steps_per_epoch=3"]
+
+
+def run_search(cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 420) -> dict:
+    proc = subprocess.run(search_command(*args, "--json"), cwd=cwd, env=env or test_env(), capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def children(uri: str, experiment_id: str, parent: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    return client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+
+
+@pytest.fixture(scope="module")
+def finished_search(tmp_path_factory):
+    """One small search, shared by the tests that only read what it left."""
+    cwd = tmp_path_factory.mktemp("search")
+    summary = run_search(cwd, "--space=quick", "--num-samples", "3", "--storage", str(cwd / "runs"), *TINY)
+    return cwd, summary
+
+
+def test_search_leaves_one_parent_and_one_child_run_per_trial(finished_search):
+    from mlflow.tracking import MlflowClient
+
+    cwd, summary = finished_search
+    assert summary["trials"] == {"finished": 3}
+    uri = summary["tracking_uri"]
+    assert uri == f"sqlite:///{cwd / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    parent = client.get_run(summary["parent_run_id"])
+    assert parent.data.tags["tuneddml.space"] == "quick" and parent.data.tags["tuneddml.searcher"] == "coordinate_descent"
+    assert parent.data.metrics["best_map_at_r"] == pytest.approx(summary["best_metrics"]["best_map_at_r"])
+    runs = children(uri, summary["experiment_id"], summary["parent_run_id"])
+    assert len(runs) == 3
+    assert len({r.data.tags["tuneddml.trial_id"] for r in runs}) == 3
+    for run in runs:
+        assert run.data.tags["tuneddml.status"] == "finished"
+        assert run.info.status == "FINISHED"
+        # every setting of the trial, defaults included
+        for key in ("loss", "loss.lambda", "batch_size", "lr", "sampler.samples_per_class", "seed"):
+            assert key in run.data.params
+        history = client.get_metric_history(run.info.run_id, "map_at_r")
+        assert sorted(m.step for m in history) == [1, 2]
+        assert "loss/total" in run.data.metrics and "recall_at_1" in run.data.metrics
+        assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["best_checkpoint"]
+    artifacts = {a.path for a in client.list_artifacts(summary["parent_run_id"])}
+    assert {"results.parquet", "best_config.json", "report"} <= artifacts
+
+
+def test_results_table_has_one_row_per_trial(finished_search):
+    _cwd, summary = finished_search
+    table = pq.read_table(summary["results"]).to_pylist()
+    assert len(table) == 3
+    assert sorted(r["order"] for r in table) == [0, 1, 2]
+    for row in table:
+        assert row["status"] == "finished" and row["epochs"] == 2
+        assert 0.0 <= row["metric.map_at_r"] <= 1.0 and row["best.map_at_r"] >= row["metric.map_at_r"] - 1e-12
+        assert row["config.dataset"] == "glyphs-tiny"
+    best = max(table, key=lambda r: r["best.map_at_r"])
+    assert best["trial_id"] == summary["best_trial"]
+
+
+def test_resume_after_the_driver_is_killed_finishes_without_duplicates(tmp_path):
+    storage = tmp_path / "runs"
+    env = test_env()
+    args = ["--space=quick", "--num-samples", "4", "--max-concurrent", "1", "--storage", str(storage),
+            "--name", "killed", "epochs=3", "steps_per_epoch=3"]
+    proc = start(search_command(*args), tmp_path, env, tmp_path / "first.log")
+    orphans = []
+    try:
+        # kill the driver once one trial has ended and the next one is under way
+        wait_for(lambda: "trials 1/4 done" in (tmp_path / "first.log").read_text(), 300, "a first finished trial")
+        orphans = kill_tree_hard(proc)
+    finally:
+        for orphan in orphans:
+            stop_tree(orphan)
+        if proc.poll() is None:
+            stop_tree(proc)
+    shutil.rmtree(Path(env.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster", ignore_errors=True)
+
+    summary = run_search(tmp_path, "--space=quick", "--storage", str(storage), "--name", "killed", "--resume",
+                         env=env)
+    assert sum(summary["trials"].values()) == 4
+    runs = children(summary["tracking_uri"], summary["experiment_id"], summary["parent_run_id"])
+    trial_ids = [r.data.tags["tuneddml.trial_id"] for r in runs]
+    assert len(trial_ids) == len(set(trial_ids)) == 4  # a resumed trial never makes a second child run
+    table = pq.read_table(summary["results"]).to_pylist()
+    assert sorted(r["trial_id"] for r in table) == sorted(trial_ids)
+
+
+def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
+    ray_tmp = short_tmp("rt")
+    env = test_env(ray_tmp)
+    port = _free_port()
+    head = start(["ray", "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+                  "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"],
+                 tmp_path, env | {"PATH": f"{Path(search_command()[0]).parent}:{env['PATH']}"}, tmp_path / "head.log")
+    worker = None
+    try:
+        wait_for(lambda: _port_open(port), 60, "the Ray head")
+        worker = start(["ray", "start", "--block", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1",
+                        "--num-cpus=1", "--disable-usage-stats"],
+                       tmp_path, env | {"PATH": f"{Path(search_command()[0]).parent}:{env['PATH']}"},
+                       tmp_path / "worker.log")
+        wait_for(lambda: _nodes_alive(port, env) >= 2, 90, "two live nodes")
+        summary = run_search(tmp_path, "--space=quick", "--num-samples", "4", "--address", f"127.0.0.1:{port}",
+                             "--storage", str(tmp_path / "runs"), *TINY, env=env)
+        table = pq.read_table(summary["results"]).to_pylist()
+        assert len(table) == 4 and all(r["status"] == "finished" for r in table)
+        assert len({r["node_id"] for r in table}) == 2
+    finally:
+        for proc in (worker, head):
+            if proc is not None:
+                stop_tree(proc)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _nodes_alive(port: int, env: dict[str, str]) -> int:
+    code = ("import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False, logging_level='ERROR'); "
+            "print(sum(n['Alive'] for n in ray.nodes())); ray.shutdown()")
+    proc = subprocess.run([search_command()[0], "-c", code, f"127.0.0.1:{port}"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    try:
+        return int(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return 0
+
+
+def test_mlflow_server_answers_with_the_runs_and_the_ui_shows_them(finished_search, tmp_path):
+    cwd, summary = finished_search
+    port = _free_port()
+    env = test_env() | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    mlflow = str(Path(search_command()[0]).parent / "mlflow")
+    server = start([mlflow, "server", "--backend-store-uri", summary["tracking_uri"], "--host", "127.0.0.1",
+                    "--port", str(port), "--workers", "1"], cwd, env, tmp_path / "server.log")
+    try:
+        wait_for(lambda: _http_ok(f"http://127.0.0.1:{port}/health"), 90, "the MLflow server")
+        body = json.dumps({"experiment_ids": [summary["experiment_id"]], "max_results": 100}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            runs = json.load(response)["runs"]
+        assert len(runs) == 4  # the parent and three trials
+        assert {r["info"]["run_id"] for r in runs} >= {summary["parent_run_id"]}
+
+        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+        assert chromium, "chromium is installed by .ci/run (apt-get install chromium)"
+        out_dir = ROOT / "test-artifacts"
+        out_dir.mkdir(exist_ok=True)
+        shot = out_dir / "mlflow-ui.png"
+        url = f"http://127.0.0.1:{port}/#/experiments/{summary['experiment_id']}"
+        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-quic",
+                 f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=20000",
+                 "--window-size=1400,900"]
+        dom = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+        assert "quick" in dom.stdout, dom.stderr[-2000:]  # the experiment (named after the space) is shown
+        subprocess.run([chromium, *flags, f"--screenshot={shot}", url], capture_output=True, timeout=120)
+        assert shot.stat().st_size > 10_000
+    finally:
+        stop_tree(server)
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
