@@ -200,7 +200,7 @@ class Trainer:
             terms = self.loss(emb, y)
             total = terms["total"]
             if not torch.isfinite(total):
-                raise TrialDiverged(epoch, step, {k: float(v) for k, v in terms.items()})
+                raise TrialDiverged(epoch, step, {k: float(v.detach()) for k, v in terms.items()})
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             self.optimizer.step()
