@@ -17,8 +17,16 @@ def test_defaults_are_complete_and_round_trip():
 
 
 def test_strings_from_the_command_line_are_typed():
-    config = TrialConfig.from_flat({"epochs": "3", "lr": "1e-4", "loss": "supcon", "loss.lambda": "0.25",
-                                    "amp": "false", "steps_per_epoch": "none"})
+    config = TrialConfig.from_flat(
+        {
+            "epochs": "3",
+            "lr": "1e-4",
+            "loss": "supcon",
+            "loss.lambda": "0.25",
+            "amp": "false",
+            "steps_per_epoch": "none",
+        }
+    )
     assert config.epochs == 3 and config.lr == 1e-4 and config.loss_params["lambda"] == 0.25
     assert config.amp is False and config.steps_per_epoch is None
 

@@ -25,8 +25,14 @@ def make_registry() -> Registry:
             proxies: int = 1,
             flag: bool = False,
         ) -> None:
-            self.kwargs = dict(num_classes=num_classes, lam=lam, temperature=temperature,
-                               aggregation=aggregation, proxies=proxies, flag=flag)
+            self.kwargs = dict(
+                num_classes=num_classes,
+                lam=lam,
+                temperature=temperature,
+                aggregation=aggregation,
+                proxies=proxies,
+                flag=flag,
+            )
 
     return registry
 
@@ -41,8 +47,12 @@ def test_params_come_from_the_signature():
 
 
 def test_build_coerces_strings_and_injects_runtime_args():
-    obj = make_registry().build("toy", {"lambda": "0.25", "proxies": "3", "flag": "true"}, num_classes=7, extra=1)
-    assert obj.kwargs == dict(num_classes=7, lam=0.25, temperature=0.1, aggregation="mean", proxies=3, flag=True)
+    obj = make_registry().build(
+        "toy", {"lambda": "0.25", "proxies": "3", "flag": "true"}, num_classes=7, extra=1
+    )
+    assert obj.kwargs == dict(
+        num_classes=7, lam=0.25, temperature=0.1, aggregation="mean", proxies=3, flag=True
+    )
 
 
 @pytest.mark.parametrize(

@@ -15,10 +15,27 @@ from tuneddml.train import main as train_main
 
 
 def test_one_trial_prints_progress_and_a_json_last_line(tmp_path):
-    args = [sys.executable, "-m", "tuneddml.train", "dataset=glyphs-tiny", "epochs=2", "steps_per_epoch=2",
-            "loss=supcon", "loss.lambda=0.3", "threads=1", "--json", "--save", str(tmp_path / "trial.pt")]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    args = [
+        sys.executable,
+        "-m",
+        "tuneddml.train",
+        "dataset=glyphs-tiny",
+        "epochs=2",
+        "steps_per_epoch=2",
+        "loss=supcon",
+        "loss.lambda=0.3",
+        "threads=1",
+        "--json",
+        "--save",
+        str(tmp_path / "trial.pt"),
+    ]
+    proc = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["status"] == "finished" and result["epochs"] == 2

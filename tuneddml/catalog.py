@@ -11,9 +11,15 @@ from tuneddml.config import _TOP_SPECS, component_registries
 
 def catalog() -> dict[str, object]:
     out: dict[str, object] = {
-        "trial": {s.name: {"default": s.default, "type": s.kind.__name__,
-                           "choices": list(s.choices) if s.choices else None,
-                           "range": str(s.interval) if s.interval else None} for s in _TOP_SPECS},
+        "trial": {
+            s.name: {
+                "default": s.default,
+                "type": s.kind.__name__,
+                "choices": list(s.choices) if s.choices else None,
+                "range": str(s.interval) if s.interval else None,
+            }
+            for s in _TOP_SPECS
+        },
     }
     for prefix, registry in component_registries().items():
         entries = {}
@@ -21,10 +27,16 @@ def catalog() -> dict[str, object]:
             entry = registry.get(name)
             entries[name] = {
                 "summary": entry.summary,
-                "params": {p.name: {"default": p.default, "type": p.kind.__name__,
-                                    "choices": list(p.choices) if p.choices else None,
-                                    "range": str(p.interval) if p.interval else None}
-                           for p in entry.params if not (prefix == "dataset" and p.name in ("root", "image_size"))},
+                "params": {
+                    p.name: {
+                        "default": p.default,
+                        "type": p.kind.__name__,
+                        "choices": list(p.choices) if p.choices else None,
+                        "range": str(p.interval) if p.interval else None,
+                    }
+                    for p in entry.params
+                    if not (prefix == "dataset" and p.name in ("root", "image_size"))
+                },
             }
         out[prefix] = entries
     return out

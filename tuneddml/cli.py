@@ -63,5 +63,6 @@ def format_duration(seconds: float) -> str:
 
 def format_values(values: dict[str, Any], keys: Sequence[str] | None = None, digits: int = 4) -> str:
     keys = list(values) if keys is None else [k for k in keys if k in values]
-    return " ".join(f"{k}={values[k]:.{digits}g}" if isinstance(values[k], float) else f"{k}={values[k]}"
-                    for k in keys)
+    return " ".join(
+        f"{k}={values[k]:.{digits}g}" if isinstance(values[k], float) else f"{k}={values[k]}" for k in keys
+    )

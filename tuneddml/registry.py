@@ -192,7 +192,9 @@ class Registry(Generic[T]):
         for key in params:
             if key not in known:
                 valid = ", ".join(known) or "none"
-                raise ConfigError(f"{field}.{key}", params[key], f"a parameter of {self.kind} {name!r}: {valid}")
+                raise ConfigError(
+                    f"{field}.{key}", params[key], f"a parameter of {self.kind} {name!r}: {valid}"
+                )
         out: dict[str, Any] = {}
         for spec in entry.params:
             if spec.name in params:
@@ -201,7 +203,9 @@ class Registry(Generic[T]):
                 out[spec.name] = spec.default
         return out
 
-    def build(self, name: str, params: Mapping[str, Any] | None = None, field: str | None = None, **runtime: Any) -> T:
+    def build(
+        self, name: str, params: Mapping[str, Any] | None = None, field: str | None = None, **runtime: Any
+    ) -> T:
         """Validate ``params`` and construct; runtime arguments go only where the factory takes them."""
         entry = self.get(name, field)
         checked = self.validate(name, params or {}, field)

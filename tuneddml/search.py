@@ -18,7 +18,9 @@ from tuneddml.cli import format_duration, format_values, guarded, parse_override
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tuneddml.search", description=__doc__.split("\n")[0])
-    p.add_argument("--space", required=True, help="a shipped space name (see --list) or a path to a YAML file")
+    p.add_argument(
+        "--space", required=True, help="a shipped space name (see --list) or a path to a YAML file"
+    )
     p.add_argument("--searcher", help="coordinate_descent, tpe, cmaes, random or grid (default: the space's)")
     p.add_argument("--scheduler", help="asha (early stopping) or fifo (default: the space's)")
     p.add_argument("--num-samples", type=int, help="budget: number of trials (default: the space's)")
@@ -27,9 +29,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-trial", type=float, default=0.0)
     p.add_argument("--address", help="join a running Ray cluster (auto or HOST:PORT); default: a local Ray")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
-    p.add_argument("--storage", help="folder for Ray results, checkpoints and results tables (default: ./tuneddml_runs)")
+    p.add_argument(
+        "--storage", help="folder for Ray results, checkpoints and results tables (default: ./tuneddml_runs)"
+    )
     p.add_argument("--name", help="search name (default: SPACE-DATE-TIME)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted search (--name, or the latest)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted search (--name, or the latest)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the searcher")
     p.add_argument("--json", action="store_true", help="end with one JSON line summarising the search")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="trial settings to fix, e.g. epochs=2")
@@ -42,10 +48,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tuneddml.tuning.driver import prepare_search, run_search
 
     request = prepare_search(
-        space=args.space, searcher=args.searcher, scheduler=args.scheduler, num_samples=args.num_samples,
-        max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial, address=args.address, tracking_uri=args.tracking_uri,
-        storage=args.storage, name=args.name, resume=args.resume, overrides=parse_overrides(args.overrides),
+        space=args.space,
+        searcher=args.searcher,
+        scheduler=args.scheduler,
+        num_samples=args.num_samples,
+        max_concurrent=args.max_concurrent,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        address=args.address,
+        tracking_uri=args.tracking_uri,
+        storage=args.storage,
+        name=args.name,
+        resume=args.resume,
+        overrides=parse_overrides(args.overrides),
         seed=args.seed,
     )
     out = sys.stderr if args.json else sys.stdout

@@ -51,17 +51,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tuneddml.training import Trainer
 
     out = sys.stderr if args.json else sys.stdout
-    print(f"trial: dataset={config.dataset} split={config.split} loss={config.loss} "
-          f"sampler={config.sampler} backbone={config.backbone} epochs={config.epochs}", file=out, flush=True)
+    print(
+        f"trial: dataset={config.dataset} split={config.split} loss={config.loss} "
+        f"sampler={config.sampler} backbone={config.backbone} epochs={config.epochs}",
+        file=out,
+        flush=True,
+    )
     trainer = Trainer(config)
-    print(f"data: {len(trainer.data.train)} training items in {trainer.data.num_train_classes} classes; "
-          f"evaluating on {len(trainer.data.query)} items of unseen classes; device={trainer.device}",
-          file=out, flush=True)
+    print(
+        f"data: {len(trainer.data.train)} training items in {trainer.data.num_train_classes} classes; "
+        f"evaluating on {len(trainer.data.query)} items of unseen classes; device={trainer.device}",
+        file=out,
+        flush=True,
+    )
 
     def report(r, _trainer):  # type: ignore[no-untyped-def]
-        print(f"epoch {r.epoch}/{r.epochs}  loss {format_values(r.terms)}  |  "
-              f"{format_values(r.metrics, SHOWN_METRICS)}  |  {format_duration(r.train_seconds + r.eval_seconds)}"
-              f"/epoch, ~{format_duration(r.eta)} left", file=out, flush=True)
+        print(
+            f"epoch {r.epoch}/{r.epochs}  loss {format_values(r.terms)}  |  "
+            f"{format_values(r.metrics, SHOWN_METRICS)}  |  {format_duration(r.train_seconds + r.eval_seconds)}"
+            f"/epoch, ~{format_duration(r.eta)} left",
+            file=out,
+            flush=True,
+        )
 
     try:
         result = trainer.run(report)
@@ -74,8 +85,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         trainer.save(args.save)
     print(f"done in {format_duration(result.seconds)}: {format_values(result.metrics)}", file=out, flush=True)
     if args.json:
-        print(json.dumps({"status": "finished", "epochs": trainer.epoch, "seconds": round(result.seconds, 2),
-                          "metrics": result.metrics, "config": config.to_flat()}))
+        print(
+            json.dumps(
+                {
+                    "status": "finished",
+                    "epochs": trainer.epoch,
+                    "seconds": round(result.seconds, 2),
+                    "metrics": result.metrics,
+                    "config": config.to_flat(),
+                }
+            )
+        )
     return 0
 
 

@@ -12,8 +12,16 @@ pytestmark = pytest.mark.gpu
 
 
 def test_auto_device_trains_on_cuda_with_mixed_precision():
-    config = TrialConfig.from_flat({"dataset": "glyphs-tiny", "split": "test", "epochs": 2, "steps_per_epoch": 10,
-                                    "amp": True, "loss": "proxy_anchor"})
+    config = TrialConfig.from_flat(
+        {
+            "dataset": "glyphs-tiny",
+            "split": "test",
+            "epochs": 2,
+            "steps_per_epoch": 10,
+            "amp": True,
+            "loss": "proxy_anchor",
+        }
+    )
     trainer = Trainer(config)
     assert trainer.device.type == "cuda"
     assert next(trainer.model.parameters()).is_cuda and next(trainer.loss.parameters()).is_cuda

@@ -29,8 +29,15 @@ def test_reports_every_epoch_with_terms_metrics_and_time():
     assert [r.epoch for r in reports] == [1, 2]
     for r in reports:
         assert set(r.terms) == {"pos", "neg", "total"}
-        assert {"recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8", "map_at_r", "r_precision",
-                "nmi"} <= set(r.metrics)
+        assert {
+            "recall_at_1",
+            "recall_at_2",
+            "recall_at_4",
+            "recall_at_8",
+            "map_at_r",
+            "r_precision",
+            "nmi",
+        } <= set(r.metrics)
         assert r.train_seconds > 0 and r.eval_seconds > 0 and r.elapsed >= r.train_seconds
         flat = r.flat()
         assert flat["loss/total"] == r.terms["total"] and flat["epoch"] == r.epoch

@@ -17,8 +17,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_env(ray_tmp: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(MLFLOW_DISABLE_TELEMETRY="true", RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled",
-               PYTHONUNBUFFERED="1")
+    env.update(
+        MLFLOW_DISABLE_TELEMETRY="true",
+        RAY_USAGE_STATS_ENABLED="0",
+        RAY_AUTH_MODE="disabled",
+        PYTHONUNBUFFERED="1",
+    )
     if ray_tmp:
         env["RAY_TMPDIR"] = ray_tmp
     return env
@@ -30,9 +34,10 @@ def short_tmp(prefix: str) -> str:
 
 
 def start(args: list[str], cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
-    handle = open(log, "w")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen(args, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    handle = open(log, "w")
+    return subprocess.Popen(
+        args, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def stop_tree(proc: subprocess.Popen | psutil.Process, timeout: float = 15.0) -> None:

@@ -28,8 +28,14 @@ TINY = ["epochs=2", "steps_per_epoch=3"]
 
 
 def run_search(cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 420) -> dict:
-    proc = subprocess.run(search_command(*args, "--json"), cwd=cwd, env=env or test_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        search_command(*args, "--json"),
+        cwd=cwd,
+        env=env or test_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -58,7 +64,10 @@ def test_search_leaves_one_parent_and_one_child_run_per_trial(finished_search):
     assert uri == f"sqlite:///{cwd / 'mlflow.db'}"
     client = MlflowClient(uri)
     parent = client.get_run(summary["parent_run_id"])
-    assert parent.data.tags["tuneddml.space"] == "quick" and parent.data.tags["tuneddml.searcher"] == "coordinate_descent"
+    assert (
+        parent.data.tags["tuneddml.space"] == "quick"
+        and parent.data.tags["tuneddml.searcher"] == "coordinate_descent"
+    )
     assert parent.data.metrics["best_map_at_r"] == pytest.approx(summary["best_metrics"]["best_map_at_r"])
     runs = children(uri, summary["experiment_id"], summary["parent_run_id"])
     assert len(runs) == 3
@@ -93,13 +102,26 @@ def test_results_table_has_one_row_per_trial(finished_search):
 def test_resume_after_the_driver_is_killed_finishes_without_duplicates(tmp_path):
     storage = tmp_path / "runs"
     env = test_env()
-    args = ["--space=quick", "--num-samples", "4", "--max-concurrent", "1", "--storage", str(storage),
-            "--name", "killed", "epochs=3", "steps_per_epoch=3"]
+    args = [
+        "--space=quick",
+        "--num-samples",
+        "4",
+        "--max-concurrent",
+        "1",
+        "--storage",
+        str(storage),
+        "--name",
+        "killed",
+        "epochs=3",
+        "steps_per_epoch=3",
+    ]
     proc = start(search_command(*args), tmp_path, env, tmp_path / "first.log")
     orphans = []
     try:
         # kill the driver once one trial has ended and the next one is under way
-        wait_for(lambda: "trials 1/4 done" in (tmp_path / "first.log").read_text(), 300, "a first finished trial")
+        wait_for(
+            lambda: "trials 1/4 done" in (tmp_path / "first.log").read_text(), 300, "a first finished trial"
+        )
         orphans = kill_tree_hard(proc)
     finally:
         for orphan in orphans:
@@ -108,8 +130,9 @@ def test_resume_after_the_driver_is_killed_finishes_without_duplicates(tmp_path)
             stop_tree(proc)
     shutil.rmtree(Path(env.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster", ignore_errors=True)
 
-    summary = run_search(tmp_path, "--space=quick", "--storage", str(storage), "--name", "killed", "--resume",
-                         env=env)
+    summary = run_search(
+        tmp_path, "--space=quick", "--storage", str(storage), "--name", "killed", "--resume", env=env
+    )
     assert sum(summary["trials"].values()) == 4
     runs = children(summary["tracking_uri"], summary["experiment_id"], summary["parent_run_id"])
     trial_ids = [r.data.tags["tuneddml.trial_id"] for r in runs]
@@ -122,19 +145,52 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
     ray_tmp = short_tmp("rt")
     env = test_env(ray_tmp)
     port = _free_port()
-    head = start(["ray", "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
-                  "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"],
-                 tmp_path, env | {"PATH": f"{Path(search_command()[0]).parent}:{env['PATH']}"}, tmp_path / "head.log")
+    head = start(
+        [
+            "ray",
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=1",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        tmp_path,
+        env | {"PATH": f"{Path(search_command()[0]).parent}:{env['PATH']}"},
+        tmp_path / "head.log",
+    )
     worker = None
     try:
         wait_for(lambda: _port_open(port), 60, "the Ray head")
-        worker = start(["ray", "start", "--block", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1",
-                        "--num-cpus=1", "--disable-usage-stats"],
-                       tmp_path, env | {"PATH": f"{Path(search_command()[0]).parent}:{env['PATH']}"},
-                       tmp_path / "worker.log")
+        worker = start(
+            [
+                "ray",
+                "start",
+                "--block",
+                f"--address=127.0.0.1:{port}",
+                "--node-ip-address=127.0.0.1",
+                "--num-cpus=1",
+                "--disable-usage-stats",
+            ],
+            tmp_path,
+            env | {"PATH": f"{Path(search_command()[0]).parent}:{env['PATH']}"},
+            tmp_path / "worker.log",
+        )
         wait_for(lambda: _nodes_alive(port, env) >= 2, 90, "two live nodes")
-        summary = run_search(tmp_path, "--space=quick", "--num-samples", "4", "--address", f"127.0.0.1:{port}",
-                             "--storage", str(tmp_path / "runs"), *TINY, env=env)
+        summary = run_search(
+            tmp_path,
+            "--space=quick",
+            "--num-samples",
+            "4",
+            "--address",
+            f"127.0.0.1:{port}",
+            "--storage",
+            str(tmp_path / "runs"),
+            *TINY,
+            env=env,
+        )
         table = pq.read_table(summary["results"]).to_pylist()
         assert len(table) == 4 and all(r["status"] == "finished" for r in table)
         assert len({r["node_id"] for r in table}) == 2
@@ -164,10 +220,17 @@ def _port_open(port: int) -> bool:
 
 
 def _nodes_alive(port: int, env: dict[str, str]) -> int:
-    code = ("import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False, logging_level='ERROR'); "
-            "print(sum(n['Alive'] for n in ray.nodes())); ray.shutdown()")
-    proc = subprocess.run([search_command()[0], "-c", code, f"127.0.0.1:{port}"], env=env, capture_output=True,
-                          text=True, timeout=60)
+    code = (
+        "import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False, logging_level='ERROR'); "
+        "print(sum(n['Alive'] for n in ray.nodes())); ray.shutdown()"
+    )
+    proc = subprocess.run(
+        [search_command()[0], "-c", code, f"127.0.0.1:{port}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     try:
         return int(proc.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -179,13 +242,31 @@ def test_mlflow_server_answers_with_the_runs_and_the_ui_shows_them(finished_sear
     port = _free_port()
     env = test_env() | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     mlflow = str(Path(search_command()[0]).parent / "mlflow")
-    server = start([mlflow, "server", "--backend-store-uri", summary["tracking_uri"], "--host", "127.0.0.1",
-                    "--port", str(port), "--workers", "1"], cwd, env, tmp_path / "server.log")
+    server = start(
+        [
+            mlflow,
+            "server",
+            "--backend-store-uri",
+            summary["tracking_uri"],
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd,
+        env,
+        tmp_path / "server.log",
+    )
     try:
         wait_for(lambda: _http_ok(f"http://127.0.0.1:{port}/health"), 90, "the MLflow server")
         body = json.dumps({"experiment_ids": [summary["experiment_id"]], "max_results": 100}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", data=body,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             runs = json.load(response)["runs"]
         assert len(runs) == 4  # the parent and three trials
@@ -197,11 +278,22 @@ def test_mlflow_server_answers_with_the_runs_and_the_ui_shows_them(finished_sear
         out_dir.mkdir(exist_ok=True)
         shot = out_dir / "mlflow-ui.png"
         url = f"http://127.0.0.1:{port}/#/experiments/{summary['experiment_id']}"
-        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-quic",
-                 f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=20000",
-                 "--window-size=1400,900"]
-        dom = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+        flags = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-quic",
+            f"--user-data-dir={tmp_path / 'chrome'}",
+            "--virtual-time-budget=20000",
+            "--window-size=1400,900",
+        ]
+        dom = subprocess.run(
+            [chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120
+        )
         assert "quick" in dom.stdout, dom.stderr[-2000:]  # the experiment (named after the space) is shown
         subprocess.run([chromium, *flags, f"--screenshot={shot}", url], capture_output=True, timeout=120)
         assert shot.stat().st_size > 10_000

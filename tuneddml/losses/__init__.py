@@ -50,7 +50,12 @@ def build_loss(
     elif miner_params:
         raise ConfigError("miner_params", dict(miner_params), "no parameters when no miner is used")
     return LOSSES.build(
-        name, params or {}, field="loss", num_classes=num_classes, embedding_size=embedding_size, miner=miner_obj
+        name,
+        params or {},
+        field="loss",
+        num_classes=num_classes,
+        embedding_size=embedding_size,
+        miner=miner_obj,
     )
 
 

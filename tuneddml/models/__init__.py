@@ -5,6 +5,6 @@ from __future__ import annotations
 from tuneddml.models.embedder import BACKBONES, Embedder, build_model
 
 # Registration happens on import of each backbone's module.
-from tuneddml.models import backbones  # noqa: E402,F401  isort: skip
+from tuneddml.models import backbones  # noqa: F401  isort: skip
 
 __all__ = ["BACKBONES", "Embedder", "build_model"]

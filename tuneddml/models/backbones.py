@@ -71,7 +71,9 @@ class TimmBackbone(nn.Module):
         try:
             import timm
         except ImportError:
-            raise ConfigError("backbone", "timm", "an installed timm (pip install 'tuneddml[timm]')") from None
+            raise ConfigError(
+                "backbone", "timm", "an installed timm (pip install 'tuneddml[timm]')"
+            ) from None
         if model not in timm.list_models():
             raise ConfigError("backbone.model", model, "a model name from timm.list_models()")
         self.net = timm.create_model(model, pretrained=False, num_classes=0, in_chans=item_shape[0])
@@ -82,7 +84,9 @@ class TimmBackbone(nn.Module):
             state = torch.load(path, map_location="cpu", weights_only=True)
             missing, _unexpected = self.net.load_state_dict(state, strict=False)
             if missing:
-                raise ConfigError("backbone.weights", weights, f"a state dict for {model} (missing {missing[:3]})")
+                raise ConfigError(
+                    "backbone.weights", weights, f"a state dict for {model} (missing {missing[:3]})"
+                )
         self.out_features = int(self.net.num_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

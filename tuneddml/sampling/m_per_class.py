@@ -30,9 +30,7 @@ class MPerClass(BatchSampler):
 
     def check(self, labels: np.ndarray, batch_size: int) -> None:
         if batch_size % self.k:
-            raise ConfigError(
-                "sampler.samples_per_class", self.k, f"a divisor of batch_size={batch_size}"
-            )
+            raise ConfigError("sampler.samples_per_class", self.k, f"a divisor of batch_size={batch_size}")
         p = batch_size // self.k
         eligible = len(self._eligible(labels))
         if p > eligible:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping
@@ -25,7 +24,7 @@ from tuneddml.errors import ConfigError
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # the sqlite store's schema-migration chatter is not the user's business
-import logging  # noqa: E402
+import logging
 
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -234,6 +233,8 @@ class MlflowTrialLogger:
             _log_metrics(self.client, run_id, final, step=int(result.get("epoch", 0)))
         if checkpoint_dir and Path(checkpoint_dir).is_dir():
             self.client.log_artifacts(run_id, checkpoint_dir, artifact_path="best_checkpoint")
+        elif checkpoint_dir:  # on a cluster's shared storage: point at it rather than copy it
+            self.client.set_tag(run_id, "tuneddml.best_checkpoint", checkpoint_dir)
         self.client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
 
 

@@ -21,7 +21,7 @@ from typing import IO, Any
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from ray.tune import Callback  # noqa: E402
+from ray.tune import Callback
 
 from tuneddml import __version__
 from tuneddml.errors import ConfigError
@@ -43,11 +43,15 @@ class SearchRequest:
     gpus_per_trial: float
     address: str | None
     tracking_uri: str
-    storage: Path
+    storage: Path  # local folder of the search's own records (search.json, results, report)
     name: str
     resume: bool
     overrides: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    ray_storage: str = ""  # where Ray keeps trials and checkpoints: ``storage``, or a cloud URI
+
+    def __post_init__(self) -> None:
+        self.ray_storage = self.ray_storage or str(self.storage)
 
     @property
     def fixed(self) -> dict[str, Any]:
@@ -118,6 +122,14 @@ def prepare_search(
         max_concurrent = max(1, int((os.cpu_count() or 1) // cpus_per_trial)) if address is None else 8
     if max_concurrent < 1:
         raise ConfigError("--max-concurrent", max_concurrent, "a positive number of trials")
+    ray_storage = ""
+    if storage and "://" in storage:
+        # shared storage of a cluster (s3://, gs://, ...): Ray writes trials and checkpoints there;
+        # the search's own records stay in ./tuneddml_runs on the machine that drives it
+        scheme = storage.split("://", 1)[0]
+        if scheme not in ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "file"):
+            raise ConfigError("--storage", storage, "a folder or a URI of s3, gs, abfs, hdfs or file")
+        ray_storage, storage = storage.rstrip("/"), None
     storage_path = Path(storage or "tuneddml_runs").expanduser().resolve()
     if storage_path.exists() and not storage_path.is_dir():
         raise ConfigError("--storage", str(storage_path), "a folder")
@@ -164,6 +176,7 @@ def prepare_search(
         resume,
         dict(overrides or {}),
         seed,
+        ray_storage,
     )
     loaded.validate_overrides(request.fixed)
     return request
@@ -220,14 +233,19 @@ class _MlflowCallback(Callback):
 
 
 def _best_checkpoint(trial: Any) -> str | None:
-    """Local folder of the trial's best checkpoint (Ray keeps it by the search metric)."""
+    """Folder or URI of the trial's best checkpoint (Ray keeps it by the search metric)."""
     try:
         results = trial.run_metadata.checkpoint_manager.best_checkpoint_results
         checkpoint = results[-1].checkpoint if results else trial.checkpoint
     except AttributeError:
         checkpoint = getattr(trial, "checkpoint", None)
     path = getattr(checkpoint, "path", None)
-    return path if path and os.path.isdir(path) else None
+    if not path:
+        return None
+    filesystem = getattr(checkpoint, "filesystem", None)
+    if filesystem is not None and type(filesystem).__name__ != "LocalFileSystem":
+        return f"{filesystem.type_name}://{path}"
+    return path if os.path.isdir(path) else None
 
 
 @dataclass
@@ -362,7 +380,7 @@ def run_search(request: SearchRequest, *, stream: IO[str] | None = None) -> Sear
         if request.resume:
             print(f"resuming search {request.name} from {request.folder}", file=out, flush=True)
             tuner = tune.Tuner.restore(
-                str(request.folder),
+                f"{request.ray_storage}/{request.name}",
                 trainable=trainable,
                 resume_unfinished=True,
                 resume_errored=True,
@@ -393,7 +411,7 @@ def run_search(request: SearchRequest, *, stream: IO[str] | None = None) -> Sear
                 ),
                 run_config=tune.RunConfig(
                     name=request.name,
-                    storage_path=str(request.storage),
+                    storage_path=request.ray_storage,
                     verbose=0,
                     callbacks=[progress, _MlflowCallback(tracker)],
                     failure_config=tune.FailureConfig(max_failures=2),

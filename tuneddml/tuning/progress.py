@@ -16,8 +16,16 @@ class SearchProgress(Callback):
     """Prints one line when a trial ends, and a heartbeat at most every ``every`` seconds:
     trials done/running/failed, best so far, elapsed and estimated time left."""
 
-    def __init__(self, *, num_samples: int, metric: str, mode: str, concurrency: int,
-                 stream: IO[str] | None = None, every: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        num_samples: int,
+        metric: str,
+        mode: str,
+        concurrency: int,
+        stream: IO[str] | None = None,
+        every: float = 30.0,
+    ) -> None:
         self.num_samples = num_samples
         self.metric = metric
         self.mode = mode
@@ -57,8 +65,10 @@ class SearchProgress(Callback):
             mean = sum(self.durations) / len(self.durations)
             eta = f", ~{format_duration(mean * math.ceil(left / self.concurrency))} left"
         best = f"{self.metric}={self.best:.4f} ({self.best_trial})" if self.best is not None else "-"
-        return (f"[{format_duration(elapsed)}] trials {self.done + self.failed}/{self.num_samples} done "
-                f"({self.failed} failed), {len(self.running)} running | best {best}{eta}")
+        return (
+            f"[{format_duration(elapsed)}] trials {self.done + self.failed}/{self.num_samples} done "
+            f"({self.failed} failed), {len(self.running)} running | best {best}{eta}"
+        )
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.add(trial.trial_id)
