@@ -11,7 +11,7 @@ from tuneddml.errors import ConfigError
 def test_defaults_are_complete_and_round_trip():
     config = TrialConfig.from_flat({})
     flat = config.to_flat()
-    assert flat["loss"] == "contrastive" and flat["loss.lambda"] == 0.5 and "loss.pos_margin" in flat
+    assert flat["loss"] == "supcon" and flat["loss.lambda"] == 0.5 and "loss.temperature" in flat
     assert flat["sampler.samples_per_class"] == 4
     assert TrialConfig.from_flat(flat) == config
 

@@ -49,7 +49,7 @@ class TrialConfig:
     backbone: str = "small_cnn"
     embedding_size: int = 64
     # loss, miner, sampler
-    loss: str = "contrastive"
+    loss: str = "supcon"  # the best family on glyphs in the contrastive_balance search (bench/RESULTS.md)
     miner: str = "default"  # "default": the loss's own; "none": no mining
     sampler: str = "m_per_class"
     embedding_aug: str = "none"  # embedding-space augmentation between model and loss (DAS, IAA)

@@ -28,7 +28,7 @@ def test_reports_every_epoch_with_terms_metrics_and_time():
     result = run_trial(TrialConfig.from_flat(FAST), lambda r, _t: reports.append(r))
     assert [r.epoch for r in reports] == [1, 2]
     for r in reports:
-        assert set(r.terms) == {"pos", "neg", "total"}
+        assert set(r.terms) == {"pos", "ent", "total"}
         assert {
             "recall_at_1",
             "recall_at_2",

@@ -1,0 +1,79 @@
+"""Every loss under the same small search budget on ``glyphs`` (the fair-comparison idea of
+"A Metric Learning Reality Check", Musgrave et al. 2020).
+
+For each loss of the ``seed_methods`` space, the space is narrowed to that loss (its own
+parameters keep the space's ranges and conditions) and searched with the same searcher, budget,
+seed and fixed settings; the table lists each loss's best validation MAP@R and its Recall@1.
+
+    .venv/bin/python bench/bench_losses.py [--num-samples 3] [--searcher random] [KEY=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, today  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def narrowed_space(loss: str, folder: Path) -> Path:
+    space = yaml.safe_load((ROOT / "search_spaces" / "seed_methods.yaml").read_text())
+    space["parameters"]["loss"] = {"choice": [loss]}
+    path = folder / f"only_{loss}.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--num-samples", type=int, default=3)
+    parser.add_argument("--searcher", default="random")
+    parser.add_argument("--losses", help="comma-separated subset (default: every loss of seed_methods)")
+    parser.add_argument("overrides", nargs="*", help="trial settings fixed for every loss, e.g. epochs=3")
+    args = parser.parse_args()
+    space = yaml.safe_load((ROOT / "search_spaces" / "seed_methods.yaml").read_text())
+    losses = args.losses.split(",") if args.losses else list(space["parameters"]["loss"]["choice"])
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for loss in losses:
+            start = time.perf_counter()
+            proc = subprocess.run(
+                [sys.executable, "-m", "tuneddml.search", f"--space={narrowed_space(loss, folder)}",
+                 "--searcher", args.searcher, "--num-samples", str(args.num_samples), "--scheduler", "fifo",
+                 "--storage", str(folder / "runs"), "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}",
+                 "--name", f"bench-{loss}", "--json", *args.overrides],
+                cwd=folder, capture_output=True, text=True,
+            )
+            seconds = time.perf_counter() - start
+            if proc.returncode != 0 and not proc.stdout.strip():
+                print(f"{loss}: search failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
+                rows.append((loss, None, None, {}, seconds))
+                continue
+            summary = json.loads(proc.stdout.strip().splitlines()[-1])
+            best = summary.get("best_metrics") or {}
+            rows.append((loss, best.get("best_map_at_r"), best.get("recall_at_1"), summary["trials"], seconds))
+            print(f"{loss}: MAP@R {best.get('best_map_at_r')}, R@1 {best.get('recall_at_1')}, "
+                  f"{summary['trials']} in {seconds:.0f} s", flush=True)
+    fixed = " ".join(args.overrides) or "the space's fixed settings"
+    print(f"\n{today()} | {machine()} | searcher {args.searcher}, {args.num_samples} trials per loss, "
+          f"seed 0, {fixed}")
+    print("| loss | best MAP@R (val) | Recall@1 (val) | trials | wall (s) |\n|---|---:|---:|---|---:|")
+    for loss, map_r, r1, trials, seconds in sorted(rows, key=lambda r: -(r[1] or -1)):
+        shown = ", ".join(f"{n} {s}" for s, n in trials.items()) if trials else "failed"
+        print(f"| {loss} | {map_r:.4f} | {r1:.4f} | {shown} | {seconds:.0f} |" if map_r is not None
+              else f"| {loss} | - | - | {shown} | {seconds:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
