@@ -1,0 +1,44 @@
+"""Evaluation of embeddings on held-out classes: Recall@K, MAP@R, R-Precision, nDCG@k, AP, NMI.
+
+``evaluate`` is what every trial calls. The pieces are public so they can be tested and reused:
+the pure metric functions over neighbour-label tables (:mod:`.ranking`), the kNN backends
+(:mod:`.knn`: faiss and brute-force torch), the exact full-ranking AP (:mod:`.average_precision`)
+k-means (:mod:`.kmeans`, faiss in :mod:`.clustering`) and NMI (:mod:`.clustering`).
+"""
+
+from __future__ import annotations
+
+from tuneddml.evaluation.average_precision import exact_average_precision
+from tuneddml.evaluation.clustering import FaissKMeans, KMeans, nmi
+from tuneddml.evaluation.evaluator import evaluate, l2_normalise
+from tuneddml.evaluation.kmeans import LloydKMeans
+from tuneddml.evaluation.knn import FaissKnn, KnnBackend, TorchKnn
+from tuneddml.evaluation.neighbours import ranked_neighbour_labels
+from tuneddml.evaluation.ranking import (
+    average_precision,
+    map_at_r,
+    ndcg_at_k,
+    r_precision,
+    recall_at_k,
+    relevance,
+)
+
+__all__ = [
+    "FaissKMeans",
+    "FaissKnn",
+    "KMeans",
+    "KnnBackend",
+    "LloydKMeans",
+    "TorchKnn",
+    "average_precision",
+    "evaluate",
+    "exact_average_precision",
+    "l2_normalise",
+    "map_at_r",
+    "ndcg_at_k",
+    "nmi",
+    "r_precision",
+    "ranked_neighbour_labels",
+    "recall_at_k",
+    "relevance",
+]
