@@ -27,11 +27,56 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def narrowed_space(loss: str, folder: Path) -> Path:
+    """seed_methods with ``loss`` fixed: keep the variants that apply to it, drop the rest and
+    whatever depends on a dropped parameter."""
     space = yaml.safe_load((ROOT / "search_spaces" / "seed_methods.yaml").read_text())
-    space["parameters"]["loss"] = {"choice": [loss]}
+    params = space["parameters"]
+    params.pop("loss")
+    space["fixed"]["loss"] = loss
+    kept: dict = {}
+    for key, value in params.items():
+        variants = []
+        for variant in value if isinstance(value, list) else [value]:
+            when = dict(variant.get("when", {}))
+            if "loss" in when:
+                allowed = when.pop("loss")
+                if loss not in (allowed if isinstance(allowed, list) else [allowed]):
+                    continue
+            variant = {k: v for k, v in variant.items() if k != "when"}
+            if when:
+                variant["when"] = when
+            variants.append(variant)
+        if variants:
+            kept[key] = variants if len(variants) > 1 else variants[0]
+    changed = True
+    while changed:  # a condition on a dropped parameter drops the dependent one too
+        changed = False
+        for key, value in list(kept.items()):
+            variants = value if isinstance(value, list) else [value]
+            alive = [v for v in variants if all(_possible(k, want, kept, space["fixed"])
+                                                for k, want in v.get("when", {}).items())]
+            if len(alive) != len(variants):
+                changed = True
+                if alive:
+                    kept[key] = alive if len(alive) > 1 else alive[0]
+                else:
+                    del kept[key]
+    space["parameters"] = kept
     path = folder / f"only_{loss}.yaml"
     path.write_text(yaml.safe_dump(space, sort_keys=False))
     return path
+
+
+def _possible(key: str, wanted: object, kept: dict, fixed: dict) -> bool:
+    """Can ``key`` still take one of the ``wanted`` values?"""
+    wanted = set(wanted if isinstance(wanted, list) else [wanted])
+    if key in fixed:
+        return fixed[key] in wanted
+    if key not in kept:
+        return False
+    variants = kept[key] if isinstance(kept[key], list) else [kept[key]]
+    choices = [c for v in variants for c in v.get("choice", [])]
+    return any("choice" not in v for v in variants) or bool(wanted & set(choices))
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_env(ray_tmp: str | None = None) -> dict[str, str]:
+def child_env(ray_tmp: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         MLFLOW_DISABLE_TELEMETRY="true",

@@ -18,7 +18,7 @@ from tests.tuning.procs import (
     short_tmp,
     start,
     stop_tree,
-    test_env,
+    child_env,
     wait_for,
 )
 
@@ -31,7 +31,7 @@ def run_search(cwd: Path, *args: str, env: dict[str, str] | None = None, timeout
     proc = subprocess.run(
         search_command(*args, "--json"),
         cwd=cwd,
-        env=env or test_env(),
+        env=env or child_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -101,7 +101,7 @@ def test_results_table_has_one_row_per_trial(finished_search):
 
 def test_resume_after_the_driver_is_killed_finishes_without_duplicates(tmp_path):
     storage = tmp_path / "runs"
-    env = test_env()
+    env = child_env()
     args = [
         "--space=quick",
         "--num-samples",
@@ -143,7 +143,7 @@ def test_resume_after_the_driver_is_killed_finishes_without_duplicates(tmp_path)
 
 def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
     ray_tmp = short_tmp("rt")
-    env = test_env(ray_tmp)
+    env = child_env(ray_tmp)
     port = _free_port()
     head = start(
         [
@@ -240,7 +240,7 @@ def _nodes_alive(port: int, env: dict[str, str]) -> int:
 def test_mlflow_server_answers_with_the_runs_and_the_ui_shows_them(finished_search, tmp_path):
     cwd, summary = finished_search
     port = _free_port()
-    env = test_env() | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = child_env() | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     mlflow = str(Path(search_command()[0]).parent / "mlflow")
     server = start(
         [
