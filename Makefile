@@ -7,11 +7,10 @@ SPACE ?= contrastive_balance
 export MLFLOW_DISABLE_TELEMETRY := true
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install run test lint bench clean
+.PHONY: install browser run test lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
@@ -20,7 +19,11 @@ install: $(VENV)/.installed
 run: install
 	$(PY) -m tuneddml.search --space=$(SPACE)
 
-test: install
+# headless Chromium (Debian's package) for the test that loads the MLflow UI
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+test: install browser
 	$(PY) -m pytest -q
 
 lint: install

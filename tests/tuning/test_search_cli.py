@@ -52,3 +52,18 @@ def test_invalid_space_file_names_the_file_and_key(workdir, capsys):
     err = capsys.readouterr().err
     assert "bad.yaml" in err and "loss.lambda" in err
     assert sorted(os.listdir(workdir)) == ["bad.yaml"]
+
+
+def test_cluster_storage_uri_goes_to_ray_and_records_stay_local(workdir):
+    from tuneddml.tuning.driver import prepare_search
+
+    request = prepare_search(space="quick", storage="s3://bucket/tuneddml/", name="s")
+    assert request.ray_storage == "s3://bucket/tuneddml"
+    assert request.folder == workdir / "tuneddml_runs" / "s"
+    assert os.listdir(workdir) == []  # prepare_search starts and writes nothing
+
+
+def test_unknown_storage_scheme(workdir, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--space=quick", "--storage", "ftp://host/x"])
+    assert exit_info.value.code == 2 and "--storage" in capsys.readouterr().err
