@@ -28,7 +28,7 @@ def machine() -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (
         f"{platform.machine()}, {os.cpu_count()} cores ({cpu}){mem}, Python {platform.python_version()}, "
-        f"load average {load:.2f} at start"
+        f"1-min load average {load:.2f} when written"
     )
 
 
