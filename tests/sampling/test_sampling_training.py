@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.synthetic import DIM, NUISANCE, SIGNAL, make_data, recall_at_1
 from tuneddml.losses import build_loss
 from tuneddml.sampling import EMBEDDING_AUGMENTERS, SAMPLERS
 
@@ -36,28 +37,6 @@ def _id(method) -> str:
 
 
 IDS = [_id(m) for m in METHODS]
-SIGNAL, NUISANCE, DIM = 6, 26, 16
-
-
-def make_data(rng: np.random.Generator, classes: int, per_class: int):
-    """Class means live in the first SIGNAL input dimensions; the others carry large noise."""
-    means = rng.normal(size=(classes, SIGNAL)) * 1.5
-    labels = np.repeat(np.arange(classes), per_class)
-    x = np.concatenate(
-        [
-            means[labels] + 0.3 * rng.normal(size=(len(labels), SIGNAL)),
-            2.0 * rng.normal(size=(len(labels), NUISANCE)),
-        ],
-        axis=1,
-    )
-    return torch.tensor(x, dtype=torch.float32), torch.tensor(labels)
-
-
-def recall_at_1(emb: torch.Tensor, labels: torch.Tensor) -> float:
-    e = F.normalize(emb, dim=1)
-    s = e @ e.T
-    s.fill_diagonal_(-2.0)
-    return float((labels[s.argmax(dim=1)] == labels).float().mean())
 
 
 @pytest.mark.parametrize(("sampler", "sampler_params", "aug", "aug_params"), METHODS, ids=IDS)

@@ -13,12 +13,12 @@ import pytest
 
 from tests.tuning.procs import (
     ROOT,
+    child_env,
     kill_tree_hard,
     search_command,
     short_tmp,
     start,
     stop_tree,
-    child_env,
     wait_for,
 )
 
