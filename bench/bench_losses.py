@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, today  # noqa: E402
+from common import machine, today
 
 ROOT = Path(__file__).resolve().parents[1]
 

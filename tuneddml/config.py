@@ -66,6 +66,10 @@ class TrialConfig:
     amp: bool = False  # bfloat16 autocast on CUDA
     threads: int | None = None  # torch CPU threads; None: torch's default
     eval_batch_size: int = 512
+    eval_ap: bool = (
+        True  # exact AP over full rankings each epoch (about 15 s for 60k items: off for SOP-size searches)
+    )
+    eval_nmi: bool = True  # k-means NMI each epoch
     # component parameters (dotted keys)
     dataset_params: Mapping[str, Any] = field(default_factory=dict)
     backbone_params: Mapping[str, Any] = field(default_factory=dict)

@@ -234,7 +234,15 @@ class Trainer:
         if self.data.gallery is not None:
             gallery = self.embed(self.data.gallery)
             gallery_labels = self.data.gallery.labels
-        return evaluate(query, self.data.query.labels, gallery, gallery_labels, seed=self.config.seed)
+        return evaluate(
+            query,
+            self.data.query.labels,
+            gallery,
+            gallery_labels,
+            seed=self.config.seed,
+            with_ap=self.config.eval_ap,
+            with_nmi=self.config.eval_nmi,
+        )
 
     def _context(self, epoch: int) -> EpochContext:
         return EpochContext(
