@@ -11,6 +11,7 @@ import torch
 pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
 pml_miners = pytest.importorskip("pytorch_metric_learning.miners")
 
+from tests.synthetic import assert_learns_on_glyphs_tiny  # noqa: E402
 from tuneddml.errors import ConfigError  # noqa: E402
 from tuneddml.losses import LOSSES, build_loss, resolve_miner  # noqa: E402
 from tuneddml.losses.pml_adapter import EXCLUDED, PREFIX, _probe_output  # noqa: E402
@@ -189,18 +190,7 @@ def test_probing_a_miner_leaves_the_global_random_state_alone():
     assert (before[1] == np.random.get_state()[1]).all()
 
 
-def _glyphs_ready() -> bool:
-    try:
-        from tuneddml.data import DATASETS
-
-        __import__("tuneddml.data.splits")
-        return "glyphs-tiny" in DATASETS
-    except Exception:
-        return False
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _glyphs_ready(), reason="the glyphs-tiny dataset is not registered yet")
 @pytest.mark.parametrize(
     ("loss", "miner"),
     [
@@ -210,24 +200,4 @@ def _glyphs_ready() -> bool:
     ],
 )
 def test_trains_on_glyphs_tiny(loss, miner):
-    from tuneddml.config import TrialConfig
-    from tuneddml.training import run_trial
-    from tuneddml.training.loop import Trainer
-
-    config = TrialConfig.from_flat(
-        {
-            "dataset": "glyphs-tiny",
-            "loss": loss,
-            "miner": miner,
-            "epochs": 2,
-            "steps_per_epoch": 15,
-            "batch_size": 32,
-            "embedding_size": 32,
-            "seed": 0,
-            "device": "cpu",
-            "threads": 1,
-        }
-    )
-    untrained = Trainer(config).evaluate()["recall_at_1"]
-    trained = run_trial(config).metrics["recall_at_1"]
-    assert trained > untrained, (untrained, trained)
+    assert_learns_on_glyphs_tiny({"loss": loss, "miner": miner})

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.synthetic import DIM, NUISANCE, SIGNAL, make_data, recall_at_1
+from tests.synthetic import DIM, NUISANCE, SIGNAL, assert_learns_on_glyphs_tiny, make_data, recall_at_1
 from tuneddml.losses import build_loss
 from tuneddml.sampling import SAMPLERS
 
@@ -95,39 +95,9 @@ def test_learns_on_a_synthetic_problem(name, params, sampler, one_thread):
         assert loss.reinitialisations == 3  # before epochs 2, 3 and 4
 
 
-def _glyphs_ready() -> bool:
-    try:
-        from tuneddml.data import DATASETS
-
-        __import__("tuneddml.data.splits")
-        return "glyphs-tiny" in DATASETS
-    except Exception:
-        return False
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _glyphs_ready(), reason="the glyphs-tiny dataset is not registered yet")
 @pytest.mark.parametrize(("name", "params", "sampler"), GLYPHS_METHODS, ids=_ids(GLYPHS_METHODS))
 def test_trains_on_glyphs_tiny(name, params, sampler):
-    from tuneddml.config import TrialConfig
-    from tuneddml.training import run_trial
-    from tuneddml.training.loop import Trainer
-
-    config = TrialConfig.from_flat(
-        {
-            "dataset": "glyphs-tiny",
-            "loss": name,
-            "sampler": sampler,
-            "epochs": 2,
-            "steps_per_epoch": 15,
-            "batch_size": 32,
-            "embedding_size": 32,
-            "seed": 0,
-            "device": "cpu",
-            "threads": 1,
-            **{f"loss.{k}": v for k, v in params.items()},
-        }
+    assert_learns_on_glyphs_tiny(
+        {"loss": name, "sampler": sampler, **{f"loss.{k}": v for k, v in params.items()}}
     )
-    untrained = Trainer(config).evaluate()["recall_at_1"]
-    trained = run_trial(config).metrics["recall_at_1"]
-    assert trained > untrained, (untrained, trained)

@@ -2,8 +2,7 @@
 few steps, beats the untrained model on classes it never saw.
 
 Two levels: a tiny synthetic problem driven by a plain loop (always runs, well under a second per
-loss) and a real trial on ``glyphs-tiny`` through :func:`tuneddml.training.run_trial` (skipped until
-that dataset is registered)."""
+loss) and a real trial on ``glyphs-tiny`` through :func:`tuneddml.training.run_trial`."""
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.synthetic import DIM, NUISANCE, SIGNAL, make_data, recall_at_1
+from tests.synthetic import DIM, NUISANCE, SIGNAL, assert_learns_on_glyphs_tiny, make_data, recall_at_1
 from tuneddml.losses import build_loss
 
 LOSSES_UNDER_TEST = [
@@ -71,37 +70,7 @@ def test_learns_on_a_synthetic_problem(name, params, one_thread):
     assert after > before + 0.15, (before, after)
 
 
-def _glyphs_ready() -> bool:
-    try:
-        from tuneddml.data import DATASETS
-
-        return "glyphs-tiny" in DATASETS
-    except Exception:
-        return False
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _glyphs_ready(), reason="the glyphs-tiny dataset is not registered yet")
 @pytest.mark.parametrize(("name", "params"), LOSSES_UNDER_TEST)
 def test_trains_on_glyphs_tiny(name, params):
-    from tuneddml.config import TrialConfig
-    from tuneddml.training import run_trial
-    from tuneddml.training.loop import Trainer
-
-    config = TrialConfig.from_flat(
-        {
-            "dataset": "glyphs-tiny",
-            "loss": name,
-            "epochs": 2,
-            "steps_per_epoch": 15,
-            "batch_size": 32,
-            "embedding_size": 32,
-            "seed": 0,
-            "device": "cpu",
-            "threads": 1,
-            **{f"loss.{k}": v for k, v in params.items()},
-        }
-    )
-    untrained = Trainer(config).evaluate()["recall_at_1"]
-    trained = run_trial(config).metrics["recall_at_1"]
-    assert trained > untrained, (untrained, trained)
+    assert_learns_on_glyphs_tiny({"loss": name, **{f"loss.{k}": v for k, v in params.items()}})

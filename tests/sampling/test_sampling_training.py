@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.synthetic import DIM, NUISANCE, SIGNAL, make_data, recall_at_1
+from tests.synthetic import DIM, NUISANCE, SIGNAL, assert_learns_on_glyphs_tiny, make_data, recall_at_1
 from tuneddml.losses import build_loss
 from tuneddml.sampling import EMBEDDING_AUGMENTERS, SAMPLERS
 
@@ -87,16 +87,6 @@ def test_learns_on_a_synthetic_problem(sampler, sampler_params, aug, aug_params)
         torch.set_num_threads(threads)
 
 
-def _glyphs_ready() -> bool:
-    try:
-        from tuneddml.data import DATASETS
-
-        __import__("tuneddml.data.splits")
-        return "glyphs-tiny" in DATASETS
-    except Exception:
-        return False
-
-
 GLYPH_METHODS = [
     ("class_representatives", {}, "none", {}),
     ("hierarchical", {"classes_per_group": 2, "group_size": 4, "grouping": "random"}, "none", {}),
@@ -106,31 +96,16 @@ GLYPH_METHODS = [
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _glyphs_ready(), reason="the glyphs-tiny dataset is not registered yet")
 @pytest.mark.parametrize(
     ("sampler", "sampler_params", "aug", "aug_params"), GLYPH_METHODS, ids=[_id(m) for m in GLYPH_METHODS]
 )
 def test_trains_on_glyphs_tiny(sampler, sampler_params, aug, aug_params):
-    from tuneddml.config import TrialConfig
-    from tuneddml.training import run_trial
-    from tuneddml.training.loop import Trainer
-
-    flat = {
-        "dataset": "glyphs-tiny",
-        "loss": "multi_similarity",
-        "sampler": sampler,
-        "embedding_aug": aug,
-        "epochs": 2,
-        "steps_per_epoch": 15,
-        "batch_size": 32,
-        "embedding_size": 32,
-        "seed": 0,
-        "device": "cpu",
-        "threads": 1,
-        **{f"sampler.{k}": v for k, v in sampler_params.items()},
-        **{f"embedding_aug.{k}": v for k, v in aug_params.items()},
-    }
-    config = TrialConfig.from_flat(flat)
-    untrained = Trainer(config).evaluate()["recall_at_1"]
-    trained = run_trial(config).metrics["recall_at_1"]
-    assert trained > untrained, (untrained, trained)
+    assert_learns_on_glyphs_tiny(
+        {
+            "loss": "multi_similarity",
+            "sampler": sampler,
+            "embedding_aug": aug,
+            **{f"sampler.{k}": v for k, v in sampler_params.items()},
+            **{f"embedding_aug.{k}": v for k, v in aug_params.items()},
+        }
+    )
