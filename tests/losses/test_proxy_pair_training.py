@@ -3,7 +3,7 @@ on classes it never saw.
 
 Two levels: a tiny synthetic problem driven by a plain loop (always runs, well under a second per
 method) and a real trial on ``glyphs-tiny`` through :func:`tuneddml.training.run_trial` (marked
-slow; skipped until that dataset and the trainer's split are available)."""
+slow)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ a model beats its untrained self on classes it never saw.
 
 Two levels, as for the losses: a small synthetic problem driven by a plain loop that also feeds
 the samplers their ``observe`` hook (always runs), and real trials on ``glyphs-tiny`` through
-:func:`tuneddml.training.run_trial` (slow; skipped until that dataset exists)."""
+:func:`tuneddml.training.run_trial` (slow)."""
 
 from __future__ import annotations
 
