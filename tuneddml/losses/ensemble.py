@@ -154,8 +154,29 @@ def parse_weights(text: str, count: int, field: str) -> list[float]:
     return values
 
 
+class MemberLoss(BaseLoss):
+    """A loss made of member losses held by a :class:`WeightedMembers`: its terms, weights and
+    epoch hook are the members'. Subclasses build the members and call :meth:`set_members`."""
+
+    parts: WeightedMembers
+
+    def set_members(self, parts: WeightedMembers) -> None:
+        self.parts = parts
+        self.term_names = parts.term_names  # type: ignore[misc]
+        self.expects_normalized = parts.expects_normalized  # type: ignore[misc]
+
+    def weights(self) -> dict[str, Any]:
+        return self.parts.weights()
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.combine(self.parts.terms(embeddings, labels))
+
+    def on_epoch_start(self, epoch: int, context: Any) -> None:
+        self.parts.on_epoch_start(epoch, context)
+
+
 @LOSSES.register("ensemble", runtime=("num_classes", "embedding_size"))
-class EnsembleLoss(BaseLoss):
+class EnsembleLoss(MemberLoss):
     """Several registered losses on one backbone, with fixed (searched) or learnable weights.
 
     ``total = sum_k omega_k * L_k`` where ``L_k`` is member ``k``'s own weighted total. Each
@@ -204,15 +225,4 @@ class EnsembleLoss(BaseLoss):
                 spec, "loss.losses", num_classes=num_classes, embedding_size=embedding_size
             )
         factors = parse_weights(weights, len(members), "loss.weights")
-        self.parts = WeightedMembers(members, factors, weighting)
-        self.term_names = self.parts.term_names  # type: ignore[misc]
-        self.expects_normalized = self.parts.expects_normalized  # type: ignore[misc]
-
-    def weights(self) -> dict[str, Any]:
-        return self.parts.weights()
-
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.combine(self.parts.terms(embeddings, labels))
-
-    def on_epoch_start(self, epoch: int, context: Any) -> None:
-        self.parts.on_epoch_start(epoch, context)
+        self.set_members(WeightedMembers(members, factors, weighting))

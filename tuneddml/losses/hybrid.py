@@ -3,14 +3,12 @@ pair-based loss for the rich data-to-data relations plus a proxy-based loss for 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
-
-import torch
+from typing import ClassVar, Literal
 
 from tuneddml.errors import ConfigError
 from tuneddml.losses import LOSSES
-from tuneddml.losses.base import BaseLoss
 from tuneddml.losses.ensemble import (
+    MemberLoss,
     WeightedMembers,
     build_member,
     is_proxy_loss,
@@ -20,7 +18,7 @@ from tuneddml.losses.ensemble import (
 
 
 @LOSSES.register("hybrid", ranges={"lam": "[0, 1]"}, runtime=("num_classes", "embedding_size"))
-class HybridLoss(BaseLoss):
+class HybridLoss(MemberLoss):
     """Weighted sum of a pair-based and a proxy-based loss on the same embeddings.
 
     ``total = 2 lambda * L_pair + 2 (1 - lambda) * L_proxy`` (``weighting="fixed"``; ``lambda = 0.5``
@@ -74,15 +72,4 @@ class HybridLoss(BaseLoss):
             ),
         }
         self.lam = lam
-        self.parts = WeightedMembers(members, [2.0 * lam, 2.0 * (1.0 - lam)], weighting)
-        self.term_names = self.parts.term_names  # type: ignore[misc]
-        self.expects_normalized = self.parts.expects_normalized  # type: ignore[misc]
-
-    def weights(self) -> dict[str, Any]:
-        return self.parts.weights()
-
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.combine(self.parts.terms(embeddings, labels))
-
-    def on_epoch_start(self, epoch: int, context: Any) -> None:
-        self.parts.on_epoch_start(epoch, context)
+        self.set_members(WeightedMembers(members, [2.0 * lam, 2.0 * (1.0 - lam)], weighting))
