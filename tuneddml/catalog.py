@@ -9,6 +9,22 @@ from collections.abc import Sequence
 from tuneddml.config import _TOP_SPECS, component_registries
 
 
+def balance_text(prefix: str, name: str) -> str | None:
+    """A loss's balance in one line (what its ``lambda`` weighs), None for other components."""
+    if prefix != "loss":
+        return None
+    from tuneddml.losses import LOSSES
+
+    entry = LOSSES.get(name)
+    balance = getattr(entry.factory, "balance", None)
+    if balance is None:
+        return "lambda is passed to the base loss: its balance" if entry.param("lambda") else None
+    return (
+        f"{balance.formula()}; {balance.first.rstrip('.')}: {balance.first_means}; "
+        f"{balance.second.rstrip('.')}: {balance.second_means}"
+    )
+
+
 def catalog() -> dict[str, object]:
     out: dict[str, object] = {
         "trial": {
@@ -27,6 +43,7 @@ def catalog() -> dict[str, object]:
             entry = registry.get(name)
             entries[name] = {
                 "summary": entry.summary,
+                **({"balance": b} if (b := balance_text(prefix, name)) else {}),
                 "params": {
                     p.name: {
                         "default": p.default,
@@ -58,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in registry.names():
             entry = registry.get(name)
             print(f"  {name}: {entry.summary}")
+            balance = balance_text(prefix, name)
+            if balance:
+                print(f"      balance: {balance}")
             for p in entry.params:
                 if prefix == "dataset" and p.name in ("root", "image_size"):
                     continue

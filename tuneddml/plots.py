@@ -5,8 +5,10 @@ that returns ``None`` when the view does not apply (no loss with a ``lambda``, n
 no scored trial):
 
 - the *balance landscape* of Sors et al. (2021, arXiv 2112.11743): for every loss with the balance
-  weight ``lambda`` of ``L = lambda * L_pos + (1 - lambda) * L_ent``, a scatter of lambda against the
-  temperature (or a margin when the loss has no temperature), coloured by the search metric;
+  weight ``lambda`` (``total = 2 lambda * first + 2 (1 - lambda) * second``, the two sides each loss
+  declares in its :class:`~tuneddml.losses.base.Balance`, named on the lambda axis), a scatter of
+  lambda against the temperature (or a margin when the loss has no temperature), coloured by the
+  search metric;
 - *best so far* against the number of trials started, one line per search (searcher): the
   sample-efficiency comparison of coordinate descent, TPE, random and grid search;
 - *parallel coordinates* of every varied parameter, one line per trial coloured by the metric;
@@ -131,6 +133,7 @@ def _second_axis(rows: pd.DataFrame) -> str | None:
 
 def plot_balance_landscape(frame: pd.DataFrame, path: Path, *, metric: str, mode: str) -> Path | None:
     """One panel per loss that has ``lambda``: lambda x temperature (or margin), coloured by the metric."""
+    from tuneddml.losses import balance_label  # the loss registry (and torch) only when drawn
     if LAMBDA not in frame.columns or "config.loss" not in frame.columns:
         return None
     with_lambda = frame[pd.to_numeric(frame[LAMBDA], errors="coerce").notna()]
@@ -176,7 +179,7 @@ def plot_balance_landscape(frame: pd.DataFrame, path: Path, *, metric: str, mode
                 fontsize=8,
                 color="red",
             )
-        ax.set_xlabel("lambda (weight of the positive term)")
+        ax.set_xlabel(balance_label(loss))
         if x.between(0, 1).all():
             ax.set_xlim(-0.04, 1.04)
         ax.set_title(f"{loss}  ({len(sub)} trials)", fontsize=10)

@@ -54,10 +54,6 @@ def _learnable() -> list[str]:
     return [n for n in LOSSES.names() if any(p.requires_grad for p in _build(n).parameters())]
 
 
-def _balanced() -> list[str]:
-    return [n for n in LOSSES.names() if LOSSES.get(n).param("lambda") is not None]
-
-
 @pytest.mark.parametrize("name", _learnable())
 def test_every_loss_parameter_gets_a_nonzero_gradient(name):
     loss = _build(name)
@@ -80,14 +76,6 @@ def test_deterministic_with_a_seed(name):
         e, labels = _batch(torch.float32, loss.expects_normalized, seed=1)
         results.append({k: v.item() for k, v in loss(e, labels).items()})
     assert results[0] == results[1]
-
-
-@pytest.mark.parametrize("name", _balanced())
-def test_lambda_weights_when_balanced(name):
-    low = build_loss(name, {"lambda": 0.0}, num_classes=NUM_CLASSES, embedding_size=DIM).weights()
-    high = build_loss(name, {"lambda": 1.0}, num_classes=NUM_CLASSES, embedding_size=DIM).weights()
-    assert low != high
-    assert min(low.values()) == 0.0 and min(high.values()) == 0.0
 
 
 def test_unknown_loss_names_the_choices():

@@ -49,7 +49,7 @@ def test_fixed_weights_scale_each_member():
     out = loss(e, labels)
     c, s = alone("contrastive")(e, labels), alone("supcon")(e, labels)
     torch.testing.assert_close(out["total"], 2 * c["total"] + 0.5 * s["total"])
-    assert loss.weights()["contrastive.pos"] == pytest.approx(2 * 0.5)
+    assert loss.weights()["contrastive.pos"] == pytest.approx(2 * (2 * 0.5))  # omega * 2 lambda
 
 
 def test_member_parameters_from_the_spec():

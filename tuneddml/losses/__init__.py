@@ -59,7 +59,20 @@ def build_loss(
     )
 
 
+def balance_label(name: str) -> str:
+    """The lambda axis label of loss ``name``: its :class:`~tuneddml.losses.base.Balance` sides
+    (``lambda -> pos vs neg``), or a plain ``lambda`` where the loss declares none at class level
+    (CCP's balance is its base loss's)."""
+    try:
+        balance = LOSSES.get(name).factory.balance  # type: ignore[attr-defined]
+    except (ConfigError, AttributeError):
+        balance = None
+    if balance is None:
+        return "lambda"
+    return f"lambda: weight of {balance.first.rstrip('.')} (1 - lambda: {balance.second.rstrip('.')})"
+
+
 # Registration happens on import of each family's module.
 from tuneddml.losses import _all  # noqa: E402,F401
 
-__all__ = ["LOSSES", "BaseLoss", "build_loss", "resolve_miner"]
+__all__ = ["LOSSES", "BaseLoss", "balance_label", "build_loss", "resolve_miner"]

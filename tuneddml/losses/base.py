@@ -8,10 +8,49 @@ loss's own parameters; the trainer gives them their own learning rate (``proxy_l
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class Balance:
+    """What a loss's ``lambda`` weighs, under one convention for every loss:
+
+        total = scale * lambda * <first> + scale * (1 - lambda) * <second> + <other terms>
+
+    with ``scale = 2``, so that ``lambda = 0.5`` is the loss's usual unweighted form and
+    ``lambda > 0.5`` leans toward ``first``. ``first`` and ``second`` name a term, or a group of
+    terms by a prefix ending in ``"."`` (``"pair."``: every term of the hybrid loss's pair member).
+    ``first_means`` / ``second_means`` say in plain words what each side does.
+    """
+
+    first: str
+    second: str
+    first_means: str
+    second_means: str
+    scale: float = 2.0
+
+    def side(self, term: str) -> str | None:
+        """``"first"``, ``"second"`` or None: which side of the balance a term belongs to."""
+        for name, group in (("first", self.first), ("second", self.second)):
+            if term == group or (group.endswith(".") and term.startswith(group)):
+                return name
+        return None
+
+    def weights(self, lam: float) -> dict[str, float]:
+        """The two weights of single-term sides, by term name."""
+        return {self.first: self.scale * lam, self.second: self.scale * (1.0 - lam)}
+
+    def label(self) -> str:
+        """One line for plots and the catalog, e.g. ``lambda: pos (pull positives ...) vs ent (...)``."""
+        return f"lambda: {self.first.rstrip('.')} ({self.first_means}) vs {self.second.rstrip('.')} ({self.second_means})"
+
+    def formula(self) -> str:
+        s = f"{self.scale:g}"
+        return f"total = {s} lambda * {self.first.rstrip('.')} + {s} (1 - lambda) * {self.second.rstrip('.')}"
 
 
 class BaseLoss(nn.Module):
@@ -26,10 +65,18 @@ class BaseLoss(nn.Module):
     miner_outputs: ClassVar[tuple[str, ...]] = ()
     #: miner built when the trial says ``miner=default`` (None: no miner)
     default_miner: ClassVar[str | None] = None
+    #: what ``lambda`` weighs (every loss with a ``lambda`` parameter declares it; see
+    #: :class:`Balance`); the weight of the balanced terms comes from it and ``self.lam``
+    balance: ClassVar[Balance | None] = None
+    lam: float = 0.5
 
     def weights(self) -> dict[str, float]:
-        """Weight of each term in ``total`` (e.g. ``{"pos": lam, "ent": 1 - lam}``)."""
-        return {name: 1.0 for name in self.term_names}
+        """Weight of each term in ``total``: the :attr:`balance` pair ``2 lambda`` and
+        ``2 (1 - lambda)``, 1 for the other terms (losses with other weighted terms extend this)."""
+        out = {name: 1.0 for name in self.term_names}
+        if self.balance is not None:
+            out.update(self.balance.weights(self.lam))
+        return out
 
     def combine(self, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Add ``total`` = weighted sum of ``terms`` and return the dict."""

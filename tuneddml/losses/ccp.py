@@ -104,7 +104,9 @@ class ChanceConstrainedProxies(BaseLoss):
         if not isinstance(getattr(self.base, "proxies", None), torch.nn.Parameter):
             raise ConfigError("loss.base", base, "a proxy loss with a 'proxies' parameter")
         self.term_names = self.base.term_names  # type: ignore[misc]
+        self.balance = self.base.balance  # type: ignore[misc]  # lambda is the base loss's
         self.expects_normalized = self.base.expects_normalized  # type: ignore[misc]
+        self.lam = lam
         self.num_classes = num_classes
         self.every = every
         self.proxies_per_class = proxies_per_class

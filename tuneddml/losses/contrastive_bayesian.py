@@ -9,7 +9,7 @@ import torch
 
 from tuneddml.losses import LOSSES
 from tuneddml.losses._pairs import masked_logsumexp, masks_from_pairs, pair_masks, similarity, zero_like_graph
-from tuneddml.losses.base import BaseLoss
+from tuneddml.losses.base import Balance, BaseLoss
 
 
 @LOSSES.register(
@@ -63,6 +63,9 @@ class ContrastiveBayesianLoss(BaseLoss):
     """
 
     term_names: ClassVar[tuple[str, ...]] = ("pos", "neg", "var")
+    balance: ClassVar[Balance | None] = Balance(
+        "pos", "neg", "raise the posterior of 'same class' on positive pairs", "lower it on negative pairs"
+    )
     miner_outputs: ClassVar[tuple[str, ...]] = ("pairs",)
     default_miner: ClassVar[str | None] = "multi_similarity"
 
@@ -91,7 +94,7 @@ class ContrastiveBayesianLoss(BaseLoss):
         self.miner = miner
 
     def weights(self) -> dict[str, float]:
-        return {"pos": 2.0 * self.lam, "neg": 2.0 * (1.0 - self.lam), "var": self.var_weight}
+        return {**super().weights(), "var": self.var_weight}
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         n = len(labels)

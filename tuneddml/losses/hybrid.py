@@ -7,6 +7,7 @@ from typing import ClassVar, Literal
 
 from tuneddml.errors import ConfigError
 from tuneddml.losses import LOSSES
+from tuneddml.losses.base import Balance
 from tuneddml.losses.ensemble import (
     MemberLoss,
     WeightedMembers,
@@ -46,6 +47,9 @@ class HybridLoss(MemberLoss):
     """
 
     wraps_losses: ClassVar[bool] = True
+    balance: ClassVar[Balance | None] = Balance(
+        "pair.", "proxy.", "the pair-based member's terms", "the proxy-based member's terms"
+    )
 
     def __init__(
         self,

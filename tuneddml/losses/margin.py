@@ -9,7 +9,7 @@ import torch
 
 from tuneddml.losses import LOSSES
 from tuneddml.losses._pairs import pair_masks, similarity, zero_like_graph
-from tuneddml.losses.base import BaseLoss
+from tuneddml.losses.base import Balance, BaseLoss
 
 
 def euclidean_distance(embeddings: torch.Tensor) -> torch.Tensor:
@@ -60,6 +60,9 @@ class MarginLoss(BaseLoss):
     """
 
     term_names: ClassVar[tuple[str, ...]] = ("pos", "neg", "beta_reg")
+    balance: ClassVar[Balance | None] = Balance(
+        "pos", "neg", "pull positive pairs inside beta - alpha", "push negative pairs beyond beta + alpha"
+    )
     miner_outputs: ClassVar[tuple[str, ...]] = ("triplets", "pairs")
     default_miner: ClassVar[str | None] = "distance_weighted"
 
@@ -90,7 +93,7 @@ class MarginLoss(BaseLoss):
             self.register_buffer("beta", init)
 
     def weights(self) -> dict[str, float]:
-        return {"pos": 2 * self.lam, "neg": 2 * (1 - self.lam), "beta_reg": self.nu}
+        return {**super().weights(), "beta_reg": self.nu}
 
     def _pairs(
         self, embeddings: torch.Tensor, labels: torch.Tensor

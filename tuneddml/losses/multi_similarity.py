@@ -9,7 +9,7 @@ import torch
 
 from tuneddml.losses import LOSSES
 from tuneddml.losses._pairs import masked_logsumexp, masks_from_pairs, pair_masks, similarity
-from tuneddml.losses.base import BaseLoss
+from tuneddml.losses.base import Balance, BaseLoss
 
 
 @LOSSES.register(
@@ -33,6 +33,9 @@ class MultiSimilarityLoss(BaseLoss):
     """
 
     term_names: ClassVar[tuple[str, ...]] = ("pos", "neg")
+    balance: ClassVar[Balance | None] = Balance(
+        "pos", "neg", "pull positives above the threshold base", "push negatives below base"
+    )
     miner_outputs: ClassVar[tuple[str, ...]] = ("pairs",)
     default_miner: ClassVar[str | None] = "multi_similarity"
 
@@ -51,9 +54,6 @@ class MultiSimilarityLoss(BaseLoss):
         self.beta = beta
         self.base = base
         self.miner = miner
-
-    def weights(self) -> dict[str, float]:
-        return {"pos": 2.0 * self.lam, "neg": 2.0 * (1.0 - self.lam)}
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         s = similarity(embeddings)

@@ -11,7 +11,7 @@ import torch
 
 from tuneddml.losses import LOSSES
 from tuneddml.losses._pairs import class_similarity, init_proxies
-from tuneddml.losses.base import BaseLoss
+from tuneddml.losses.base import Balance, BaseLoss
 
 
 @LOSSES.register(
@@ -51,6 +51,9 @@ class NormSoftmaxLoss(BaseLoss):
     """
 
     term_names: ClassVar[tuple[str, ...]] = ("pos", "ent")
+    balance: ClassVar[Balance | None] = Balance(
+        "pos", "ent", "pull each sample toward its class proxy", "spread it from every class proxy (log-sum-exp)"
+    )
 
     def __init__(
         self,
@@ -69,9 +72,6 @@ class NormSoftmaxLoss(BaseLoss):
         self.proxies_per_class = proxies_per_class
         self.label_smoothing = label_smoothing
         self.proxies = init_proxies(num_classes, proxies_per_class, embedding_size)
-
-    def weights(self) -> dict[str, float]:
-        return {"pos": 2 * self.lam, "ent": 2 * (1 - self.lam)}
 
     def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         """``(n, C)`` logits ``S_ic / tau``."""

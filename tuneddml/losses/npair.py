@@ -9,7 +9,7 @@ import torch
 
 from tuneddml.losses import LOSSES
 from tuneddml.losses._pairs import similarity, zero_like_graph
-from tuneddml.losses.base import BaseLoss
+from tuneddml.losses.base import Balance, BaseLoss
 
 
 def first_pairs(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,14 +49,14 @@ class NPairLoss(BaseLoss):
     """
 
     term_names: ClassVar[tuple[str, ...]] = ("pos", "ent")
+    balance: ClassVar[Balance | None] = Balance(
+        "pos", "ent", "pull each anchor toward its positive", "spread it from every other class's positive (log-sum-exp)"
+    )
 
     def __init__(self, *, lam: float = 0.5, temperature: float = 0.1) -> None:
         super().__init__()
         self.lam = lam
         self.temperature = temperature
-
-    def weights(self) -> dict[str, float]:
-        return {"pos": 2 * self.lam, "ent": 2 * (1 - self.lam)}
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         anchors, positives = first_pairs(labels)

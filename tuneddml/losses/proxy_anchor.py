@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from tuneddml.losses import LOSSES
 from tuneddml.losses._pairs import class_similarity, init_proxies, masked_logsumexp
-from tuneddml.losses.base import BaseLoss
+from tuneddml.losses.base import Balance, BaseLoss
 
 
 @LOSSES.register(
@@ -44,6 +44,9 @@ class ProxyAnchorLoss(BaseLoss):
     """
 
     term_names: ClassVar[tuple[str, ...]] = ("pos", "neg")
+    balance: ClassVar[Balance | None] = Balance(
+        "pos", "neg", "pull each present class's samples toward its proxy", "push other samples away from every proxy"
+    )
 
     def __init__(
         self,
@@ -64,9 +67,6 @@ class ProxyAnchorLoss(BaseLoss):
         self.proxies_per_class = proxies_per_class
         self.proxy_temperature = proxy_temperature
         self.proxies = init_proxies(num_classes, proxies_per_class, embedding_size)
-
-    def weights(self) -> dict[str, float]:
-        return {"pos": 2.0 * self.lam, "neg": 2.0 * (1.0 - self.lam)}
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         sims = class_similarity(embeddings, self.proxies, self.proxies_per_class, self.proxy_temperature)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from tuneddml.losses import LOSSES
 from tuneddml.losses._pairs import class_similarity, init_proxies, masked_logsumexp
-from tuneddml.losses.base import BaseLoss
+from tuneddml.losses.base import Balance, BaseLoss
 
 
 @LOSSES.register(
@@ -43,6 +43,9 @@ class ProxyNCALoss(BaseLoss):
     """
 
     term_names: ClassVar[tuple[str, ...]] = ("pos", "neg")
+    balance: ClassVar[Balance | None] = Balance(
+        "pos", "neg", "pull each sample toward its class proxy", "push it away from the other proxies (log-sum-exp)"
+    )
 
     def __init__(
         self,
@@ -63,9 +66,6 @@ class ProxyNCALoss(BaseLoss):
         self.proxies_per_class = proxies_per_class
         self.proxy_temperature = proxy_temperature
         self.proxies = init_proxies(num_classes, proxies_per_class, embedding_size)
-
-    def weights(self) -> dict[str, float]:
-        return {"pos": 2.0 * self.lam, "neg": 2.0 * (1.0 - self.lam)}
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = self.scale * class_similarity(

@@ -10,7 +10,7 @@ import torch
 
 from tuneddml.losses import LOSSES
 from tuneddml.losses._pairs import pair_masks, reduce, similarity, zero_like_graph
-from tuneddml.losses.base import BaseLoss
+from tuneddml.losses.base import Balance, BaseLoss
 
 
 def upper_step(t: torch.Tensor, tau: float, rho: float, delta: float) -> torch.Tensor:
@@ -92,6 +92,9 @@ class RoadmapLoss(BaseLoss):
     """
 
     term_names: ClassVar[tuple[str, ...]] = ("ap", "dec")
+    balance: ClassVar[Balance | None] = Balance(
+        "dec", "ap", "the decomposability term: positives above pos_margin, negatives below neg_margin", "the smooth-rank AP term"
+    )
 
     def __init__(
         self,
@@ -110,9 +113,6 @@ class RoadmapLoss(BaseLoss):
         self.delta = delta
         self.pos_margin = pos_margin
         self.neg_margin = neg_margin
-
-    def weights(self) -> dict[str, float]:
-        return {"ap": 2.0 * (1.0 - self.lam), "dec": 2.0 * self.lam}
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         s = similarity(embeddings)

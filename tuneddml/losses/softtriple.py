@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from tuneddml.losses import LOSSES
 from tuneddml.losses._pairs import class_similarity, init_proxies
-from tuneddml.losses.base import BaseLoss
+from tuneddml.losses.base import Balance, BaseLoss
 
 
 def center_spread(proxies: torch.Tensor, proxies_per_class: int) -> torch.Tensor:
@@ -68,6 +68,9 @@ class SoftTripleLoss(BaseLoss):
     """
 
     term_names: ClassVar[tuple[str, ...]] = ("pos", "ent", "reg")
+    balance: ClassVar[Balance | None] = Balance(
+        "pos", "ent", "pull each sample toward its class's centres", "spread it from every class (log-sum-exp)"
+    )
 
     def __init__(
         self,
@@ -91,7 +94,7 @@ class SoftTripleLoss(BaseLoss):
         self.proxies = init_proxies(num_classes, proxies_per_class, embedding_size)
 
     def weights(self) -> dict[str, float]:
-        return {"pos": 2 * self.lam, "ent": 2 * (1 - self.lam), "reg": self.tau}
+        return {**super().weights(), "reg": self.tau}
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         sim = class_similarity(embeddings, self.proxies, self.proxies_per_class, temperature=self.gamma)

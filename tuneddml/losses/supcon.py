@@ -10,7 +10,7 @@ import torch
 
 from tuneddml.losses import LOSSES
 from tuneddml.losses._pairs import masked_logsumexp, pair_masks, similarity, zero_like_graph
-from tuneddml.losses.base import BaseLoss
+from tuneddml.losses.base import Balance, BaseLoss
 
 
 @LOSSES.register("supcon", ranges={"lam": "[0, 1]", "temperature": "(0, inf)"})
@@ -30,13 +30,18 @@ class SupConLoss(BaseLoss):
     gradients are equal (a log-sum-exp spreads a total weight of ``1 / tau`` over the ``j``
     whatever their number), so the choice changes the reported ``ent`` and ``total``, not training.
 
-    ``total = lambda * pos + (1 - lambda) * ent``. With ``aggregation="sum"`` and
-    ``lambda = 0.5``, ``2 * total`` is the standard SupCon loss ``L_out`` of Khosla et al. with the
+    Because the choice is a no-op for training, no shipped search space searches it.
+
+    ``total = 2 lambda * pos + 2 (1 - lambda) * ent``. With ``aggregation="sum"`` and
+    ``lambda = 0.5``, ``total`` is the standard SupCon loss ``L_out`` of Khosla et al. with the
     denominator over all ``j != i``: ``mean_{i in A} -mean_{p in P(i)} log(exp(s_ip / tau) /
     sum_{j != i} exp(s_ij / tau))``.
     """
 
     term_names: ClassVar[tuple[str, ...]] = ("pos", "ent")
+    balance: ClassVar[Balance | None] = Balance(
+        "pos", "ent", "pull each anchor toward its positives", "spread it from every other sample (log-sum-exp)"
+    )
 
     def __init__(
         self, *, lam: float = 0.5, temperature: float = 0.1, aggregation: Literal["sum", "mean"] = "mean"
@@ -45,9 +50,6 @@ class SupConLoss(BaseLoss):
         self.lam = lam
         self.temperature = temperature
         self.aggregation = aggregation
-
-    def weights(self) -> dict[str, float]:
-        return {"pos": self.lam, "ent": 1.0 - self.lam}
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = similarity(embeddings) / self.temperature

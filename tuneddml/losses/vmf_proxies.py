@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from tuneddml.losses import LOSSES
 from tuneddml.losses._pairs import init_proxies
-from tuneddml.losses.base import BaseLoss
+from tuneddml.losses.base import Balance, BaseLoss
 
 #: bounds of the proxies' log-concentrations (a runaway concentration would make the loss blow up)
 LOG_CONCENTRATION_RANGE = (-5.0, 10.0)
@@ -116,6 +116,9 @@ class VMFProxiesLoss(BaseLoss):
     """
 
     term_names: ClassVar[tuple[str, ...]] = ("pos", "ent")
+    balance: ClassVar[Balance | None] = Balance(
+        "pos", "ent", "raise the likelihood of each sample's own class proxy", "spread it over every class proxy (log-sum-exp)"
+    )
     expects_normalized: ClassVar[bool] = False
 
     def __init__(
@@ -139,9 +142,6 @@ class VMFProxiesLoss(BaseLoss):
         self.log_concentration = torch.nn.Parameter(
             torch.full((num_classes * proxies_per_class, embedding_size), math.log(init_concentration))
         )
-
-    def weights(self) -> dict[str, float]:
-        return {"pos": 2 * self.lam, "ent": 2 * (1 - self.lam)}
 
     def class_scores(self, embeddings: torch.Tensor) -> torch.Tensor:
         """``(n, C)`` class similarities ``S_ic``."""
