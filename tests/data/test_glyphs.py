@@ -189,6 +189,11 @@ def test_xl_reads_collections_and_extra_folders(tmp_path, glyph_cache):
     )
     assert xl.info["num_fonts"] == 24 and xl.info["num_classes"] == 62
     assert "TestFace1#1" in xl.info["fonts"]
+    own = DATASETS.build(
+        "glyphs-xl",
+        {"root": str(glyph_cache), "font_dirs": str(tmp_path / "fonts"), "min_fonts": 2, "matplotlib_fonts": False},
+    )
+    assert own.info["num_fonts"] == 2 and set(own.info["fonts"]) == {"TestFace0", "TestFace1#1"}
 
 
 @pytest.mark.slow

@@ -9,7 +9,8 @@ by a seeded permutation into class-disjoint train and test parts.
   A-Z, a-z, 0-9 only), characters in at least ``min_fonts`` of them: about 2,260 classes.
 - ``glyphs-tiny``: A-Z, a-z, 0-9 in the same fonts (62 classes, 22 fonts), for tests.
 - ``glyphs-xl``: every TrueType/OpenType font (collections included) found in matplotlib and in
-  ``font_dirs`` (``/usr/share/fonts`` by default); its size depends on what is installed.
+  ``font_dirs`` (``/usr/share/fonts`` by default); its size depends on what is installed. With
+  ``matplotlib_fonts=false`` only ``font_dirs``: glyphs in fonts ``glyphs`` never saw.
 
 Rendering takes seconds; the result is cached as an ``.npz`` in ``root`` (default
 ``$TUNEDDML_CACHE`` or ``~/.cache/tuneddml``), named by a hash of the font files' contents and
@@ -81,9 +82,13 @@ def load_glyphs_xl(
     min_fonts: int = 10,
     split_seed: int = 0,
     font_dirs: str = SYSTEM_FONT_DIR,
+    matplotlib_fonts: bool = True,
 ) -> Dataset:
-    """Every font in matplotlib and ``font_dirs`` (folders separated by ``os.pathsep``)."""
-    dirs = [matplotlib_font_dir(), *(Path(d) for d in font_dirs.split(os.pathsep) if d)]
+    """Every font in ``font_dirs`` (folders separated by ``os.pathsep``) and, unless
+    ``matplotlib_fonts`` is false, in matplotlib: with it false, a glyph dataset that shares no font
+    with ``glyphs`` (a second dataset to check a default or a searcher on)."""
+    own = [Path(d) for d in font_dirs.split(os.pathsep) if d]
+    dirs = [matplotlib_font_dir(), *own] if matplotlib_fonts else own
     return _load("glyphs-xl", dirs, None, root, image_size, min_fonts, split_seed)
 
 
