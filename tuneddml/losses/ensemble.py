@@ -105,9 +105,10 @@ class WeightedMembers(nn.Module):
     ``L_k > 0`` (a negative log-likelihood): its minimum over ``eta_k`` is ``1 + log L_k`` at
     ``omega_k = 1 / L_k``, which tends to -inf as ``L_k -> 0`` and does not exist for
     ``L_k <= 0``, and the weight then grows without bound (``eta_k`` falls by the learning rate
-    every Adam step). Many members are not positive: SupCon with ``aggregation="mean"``, the
-    cross-entropy losses with ``lambda > 0.5`` (normsoftmax, softtriple), and hinge losses that
-    reach 0. On the simplex, for any member values:
+    every Adam step). Many members are not positive: SupCon with ``aggregation="mean"``, Proxy-NCA
+    (its log-sum-exp leaves out the own class), the cross-entropy losses with ``lambda > 0.5``
+    (normsoftmax, softtriple), and hinge losses that reach 0. On the simplex, for any member
+    values:
 
     - ``0 < omega_k < K`` by construction, so no weight can run away;
     - ``total >= K min_k L_k`` (``sum_k omega_k L_k >= K min_k L_k``, and
