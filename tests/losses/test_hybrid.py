@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from handcalc import pk_batch
 
 from tuneddml.errors import ConfigError
@@ -54,6 +55,54 @@ def test_learnable_weighting_ignores_lambda():
     out_a, out_b = a(e, labels), b(e, labels)
     torch.testing.assert_close(out_a["total"], out_b["total"])
     assert out_a["weights_reg"].item() == 0.0
+
+
+def test_learnable_weights_stay_bounded_with_negative_members():
+    # both members negative (supcon's default aggregation=mean; normsoftmax with lambda = 0.9
+    # tends to -32): the unbounded form exp(-eta_k) L_k + eta_k ran both weights to ~1e16 here.
+    # On the simplex: each weight in (0, 2), the two sum to 2 (a learnt 2 lambda, 2 (1 - lambda)),
+    # and total >= 2 min(L_pair, L_proxy), at every one of 1,000 Adam steps
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        loss = build_loss(
+            "hybrid",
+            {"pair": "supcon", "proxy": "normsoftmax:lambda=0.9", "weighting": "learnable"},
+            num_classes=C,
+            embedding_size=8,
+        )
+        g = torch.Generator().manual_seed(0)
+        centres = 2 * torch.randn(C, 8, generator=g)
+        x = 0.5 * torch.randn(C * 4, 8, generator=g) + centres.repeat_interleave(4, 0)
+        labels = torch.arange(C).repeat_interleave(4)
+        model = torch.nn.Linear(8, 8)
+        optimizer = torch.optim.Adam(
+            [{"params": model.parameters(), "lr": 1e-3}, {"params": loss.parameters(), "lr": 1e-2}]
+        )
+        names = [f"{r}.{t}" for r in ("pair", "proxy") for t in loss.parts.members[r].term_names]
+        to_members = torch.zeros(len(names), 2)  # L_pair, L_proxy from the terms
+        for k, role in enumerate(("pair", "proxy")):
+            for t, w in loss.parts.members[role].weights().items():
+                to_members[names.index(f"{role}.{t}"), k] = w
+        omegas, terms, totals = [], [], []
+        for _ in range(1000):
+            out = loss(F.normalize(model(x), dim=1), labels)
+            with torch.no_grad():
+                omegas.append(torch.stack(loss.parts.omegas()))
+                terms.append(torch.stack([out[n] for n in names]))
+                totals.append(out["total"].detach())
+            optimizer.zero_grad()
+            out["total"].backward()
+            optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
+    omegas, values, totals = torch.stack(omegas), torch.stack(terms) @ to_members, torch.stack(totals)
+    assert torch.isfinite(omegas).all() and torch.isfinite(totals).all()
+    assert (omegas > 0).all() and (omegas < 2).all(), omegas.max()
+    torch.testing.assert_close(omegas.sum(dim=1), torch.full((len(omegas),), 2.0))
+    assert (totals >= 2 * values.min(dim=1).values - 1e-4 * (1 + totals.abs())).all()
+    assert (values < 0).all(dim=1).any(), "the test needs both members negative at some step"
 
 
 @pytest.mark.parametrize(

@@ -86,15 +86,49 @@ def build_member(spec: str, field: str, *, num_classes: int, embedding_size: int
 class WeightedMembers(nn.Module):
     """Member losses whose terms are reported with a prefix and weighted per member.
 
-    Member ``k`` (prefix ``P_k``) contributes its terms as ``P_k.<term>`` with weight
-    ``omega_k * w_kt``, where ``w_kt`` is the member's own term weight. ``omega_k`` is:
+    Member ``k`` of ``K`` (prefix ``P_k``, own weighted total ``L_k``) contributes its terms as
+    ``P_k.<term>`` with weight ``omega_k * w_kt``, where ``w_kt`` is the member's own term weight.
+    ``omega_k`` is:
 
     - ``"fixed"``: the given factor (searched from outside);
-    - ``"learnable"``: ``exp(-eta_k)`` with a learnable log-variance ``eta_k`` (starting at 0, so
-      ``omega_k = 1``), plus the term ``weights_reg = sum_k eta_k`` with weight 1: the homoscedastic
-      uncertainty weighting of Kendall, Gal & Cipolla (CVPR 2018),
-      ``sum_k exp(-eta_k) L_k + eta_k``, whose minimum over ``eta_k`` is at ``eta_k = log L_k``, so
-      the weights cannot collapse to zero as plain learnable weights would.
+    - ``"learnable"``: uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018) with the
+      precisions on the simplex ``sum_k omega_k = K``. With learnable logits ``theta`` (starting
+      at 0, so ``omega_k = 1``)::
+
+          omega_k = K softmax(theta)_k,    eta_k = -log omega_k   (the log-variance)
+          total   = sum_k omega_k L_k + weights_reg,    weights_reg = sum_k eta_k >= 0
+
+      ``weights_reg`` (weight 1) is Kendall et al.'s regulariser ``log sigma_k^2 = eta_k``; it is
+      0 at equal weights and grows as they part, and it keeps each ``omega_k`` away from 0.
+
+    Why the constraint. Kendall et al.'s unconstrained ``sum_k exp(-eta_k) L_k + eta_k`` assumes
+    ``L_k > 0`` (a negative log-likelihood): its minimum over ``eta_k`` is ``1 + log L_k`` at
+    ``omega_k = 1 / L_k``, which tends to -inf as ``L_k -> 0`` and does not exist for
+    ``L_k <= 0``, and the weight then grows without bound (``eta_k`` falls by the learning rate
+    every Adam step). Many members are not positive: SupCon with ``aggregation="mean"``, Proxy-NCA
+    (its log-sum-exp leaves out the own class), the cross-entropy losses with ``lambda > 0.5``
+    (normsoftmax, softtriple), and hinge losses that reach 0. On the simplex, for any member
+    values:
+
+    - ``0 < omega_k < K`` by construction, so no weight can run away;
+    - ``total >= K min_k L_k`` (``sum_k omega_k L_k >= K min_k L_k``, and
+      ``weights_reg >= 0`` by Jensen's inequality since the ``omega_k`` average 1), so the
+      weighting adds no unbounded direction: the total is bounded below whenever each member is;
+    - the minimum over the weights (for given ``L_k``) is where ``L_k - 1 / omega_k`` is the same
+      for every ``k``, i.e. ``omega_k = 1 / (L_k + mu)`` with the one ``mu`` that makes the weights
+      sum to ``K``: Kendall's inverse-loss weights ``1 / L_k`` with a common shift, the same
+      order (the member with the larger loss gets the smaller weight), and exactly Kendall's when
+      ``sum_k 1 / L_k = K``. The shift makes the weights invariant to a constant added to every
+      member, and bounds them: ``omega_k >= 1 / (1 + Delta)`` with ``Delta = max_k L_k -
+      min_k L_k`` (and ``omega_k <= 1 / (1 - Delta)`` when ``Delta < 1``).
+
+    Normalising learnt task weights to sum to the number of tasks is what GradNorm (Chen et al.,
+    ICML 2018) and Dynamic Weight Average (``K softmax``; Liu, Johns & Davison, CVPR 2019) do; with
+    fixed factors summing to ``K`` (the all-ones default, and ``hybrid``'s ``2 lambda``,
+    ``2 (1 - lambda)``) the learnable weights keep the fixed weights' total, so weighting does not
+    change the overall step size. The regulariser is Kendall's log barrier rather than an entropy
+    term: an entropy term would give ``omega_k ~ exp(-L_k)``, starving a member exponentially in
+    its loss gap, the log barrier only as ``1 / (L_k + mu)``.
 
     Embeddings reach each member L2-normalised when it expects that (``expects_normalized``), raw
     otherwise; the wrapper itself asks the trainer for normalised embeddings only if every member does.
@@ -105,24 +139,31 @@ class WeightedMembers(nn.Module):
         self.members = nn.ModuleDict(members)
         self.weighting = weighting
         self.factors = list(factors)
-        self.log_vars = nn.Parameter(torch.zeros(len(members))) if weighting == "learnable" else None
+        learnable = weighting == "learnable"
+        #: ``theta``: ``omega = K softmax(theta)`` (None unless learnable)
+        self.weight_logits = nn.Parameter(torch.zeros(len(members))) if learnable else None
         names = [f"{p}.{t}" for p, m in self.members.items() for t in m.term_names]
-        if self.log_vars is not None:
+        if self.weight_logits is not None:
             names.append("weights_reg")
         self.term_names = tuple(names)
         self.expects_normalized = all(m.expects_normalized for m in self.members.values())
 
+    def log_vars(self) -> torch.Tensor:
+        """``eta_k = -log omega_k = -log(K softmax(theta)_k)``, the learnable weighting's log-variances."""
+        assert self.weight_logits is not None
+        return -(F.log_softmax(self.weight_logits, dim=0) + math.log(len(self.members)))
+
     def omegas(self) -> list[Any]:
-        if self.log_vars is None:
+        if self.weight_logits is None:
             return self.factors
-        return list(torch.exp(-self.log_vars))
+        return list(torch.exp(-self.log_vars()))
 
     def weights(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for (prefix, member), omega in zip(self.members.items(), self.omegas()):
             for term, w in member.weights().items():
                 out[f"{prefix}.{term}"] = omega * w
-        if self.log_vars is not None:
+        if self.weight_logits is not None:
             out["weights_reg"] = 1.0
         return out
 
@@ -132,8 +173,8 @@ class WeightedMembers(nn.Module):
         for prefix, member in self.members.items():
             result = member(unit if member.expects_normalized else embeddings, labels)
             out.update({f"{prefix}.{t}": result[t] for t in member.term_names})
-        if self.log_vars is not None:
-            out["weights_reg"] = self.log_vars.sum().to(embeddings.dtype)
+        if self.weight_logits is not None:
+            out["weights_reg"] = self.log_vars().sum().to(embeddings.dtype)
         return out
 
     def on_epoch_start(self, epoch: int, context: Any) -> None:
@@ -185,7 +226,13 @@ class EnsembleLoss(MemberLoss):
 
     Zabihzadeh et al. combine diverse losses on a shared feature extractor so that the features must
     satisfy all of them, and learn each loss's weight end to end; how the weights are learnt here
-    (uncertainty weighting, ``weighting="learnable"``) is this implementation's choice.
+    is this implementation's choice: with ``weighting="learnable"``, Kendall et al.'s uncertainty
+    weighting with the weights on the simplex ``sum_k omega_k = K``,
+    ``total = sum_k omega_k L_k + weights_reg`` with ``omega_k = K softmax(theta)_k`` and
+    ``weights_reg = -sum_k log omega_k`` (see :class:`WeightedMembers`). Each weight stays in
+    ``(0, K)`` and ``total >= K min_k L_k`` whatever the members' signs (SupCon and cross-entropy
+    members with ``lambda > 0.5`` are negative); at the optimum ``omega_k = 1 / (L_k + mu)``, so
+    the member with the larger loss gets the smaller weight, as in Kendall et al.
 
     Parameters:
 
@@ -194,7 +241,8 @@ class EnsembleLoss(MemberLoss):
       defaults, members that use a miner get their own default miner. Each name at most once; no
       wrapper (``ensemble``, ``hybrid``, ``lsd``) as member. Default
       ``"contrastive,multi_similarity,proxy_anchor"`` (two pair losses and a proxy loss).
-    - ``weighting``: ``"fixed"`` (default) or ``"learnable"``.
+    - ``weighting``: ``"fixed"`` (default) or ``"learnable"`` (adds the term ``weights_reg``; the
+      logits ``theta`` are the parameter ``parts.weight_logits``, trained with ``proxy_lr``).
     - ``weights``: fixed weights ``omega_k``, comma-separated non-negative numbers, one per member
       (default ``""``: all 1); ignored when learnable.
     """

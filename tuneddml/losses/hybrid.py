@@ -24,8 +24,15 @@ class HybridLoss(MemberLoss):
 
     ``total = 2 lambda * L_pair + 2 (1 - lambda) * L_proxy`` (``weighting="fixed"``; ``lambda = 0.5``
     is the plain sum), where each ``L`` is the member's own weighted total. With
-    ``weighting="learnable"`` the two weights are learnt instead (uncertainty weighting, see
-    :class:`tuneddml.losses.ensemble.WeightedMembers`) and ``lambda`` is not used.
+    ``weighting="learnable"`` the two weights are learnt instead and ``lambda`` is not used:
+    ``total = omega_pair L_pair + omega_proxy L_proxy + weights_reg`` with
+    ``(omega_pair, omega_proxy) = 2 softmax(theta)`` (so a learnt ``omega_pair = 2 lambda``, the
+    fixed form's scale) and ``weights_reg = -log omega_pair - log omega_proxy >= 0``: Kendall, Gal
+    & Cipolla's (CVPR 2018) uncertainty weighting on the simplex, see
+    :class:`tuneddml.losses.ensemble.WeightedMembers`. Both weights stay in ``(0, 2)`` and the
+    total stays ``>= 2 min(L_pair, L_proxy)`` even when a member is negative (SupCon, normsoftmax
+    or softtriple with ``lambda > 0.5``); at the optimum ``omega = 1 / (L + mu)``, so the member
+    with the larger loss gets the smaller weight.
 
     Terms: the pair member's terms prefixed ``pair.`` and the proxy member's prefixed ``proxy.``
     (e.g. ``pair.pos``, ``pair.neg``, ``proxy.pos``, ``proxy.neg``), plus ``weights_reg`` when
