@@ -69,9 +69,9 @@ def test_previous_epoch_model_is_the_teacher():
         model.weight.add_(0.3 * torch.randn_like(model.weight))
     emb, out = step(model, loss, x, labels)
     assert out["lsd"].item() == pytest.approx(hand_kl(emb.detach(), before, 0.2), abs=1e-10)
-    base = build_loss("contrastive", num_classes=4, embedding_size=D)(emb, labels)
+    base = build_loss("supcon", num_classes=4, embedding_size=D)(emb, labels)  # the default base
     torch.testing.assert_close(out["total"], base["total"] + 0.7 * out["lsd"])
-    assert set(out) == {"pos", "neg", "lsd", "total"}
+    assert set(out) == {"pos", "ent", "lsd", "total"}
     # the regulariser alone moves the student
     model.zero_grad()
     out["lsd"].backward()

@@ -70,7 +70,16 @@ def test_learns_on_a_synthetic_problem(name, params, one_thread):
     assert after > before + 0.15, (before, after)
 
 
+# trial settings for a loss whose glyphs-tiny check needs more than the shared 2 x 15 steps: LSD
+# distils towards the previous epoch's model, which can hold epoch 2 back (seed 4: +0.074 after
+# epoch 1, +0.017 after epoch 2); over 4 epochs it learns by +0.11 or more on seeds 0-7
+# (see tuneddml/losses/lsd.py)
+GLYPHS_TRIAL = {"lsd": {"epochs": 4}}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "params"), LOSSES_UNDER_TEST)
 def test_trains_on_glyphs_tiny(name, params):
-    assert_learns_on_glyphs_tiny({"loss": name, **{f"loss.{k}": v for k, v in params.items()}})
+    assert_learns_on_glyphs_tiny(
+        {"loss": name, **{f"loss.{k}": v for k, v in params.items()}, **GLYPHS_TRIAL.get(name, {})}
+    )

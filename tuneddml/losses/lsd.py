@@ -71,9 +71,25 @@ class ListwiseSelfDistillation(BaseLoss):
     taken again at the next epoch start (the same model), an ``"ema"`` teacher restarts from it.
 
     Parameters: ``base``, a loss spec (``name`` or ``name:param=value:...``, default
-    ``contrastive``; the base's other parameters keep their defaults, its default miner is used);
+    ``supcon``; the base's other parameters keep their defaults, its default miner is used);
     ``weight`` >= 0 (1.0); ``temperature`` ``T`` > 0 (0.1); ``teacher`` (``"epoch"``);
     ``momentum`` ``m`` in [0, 1) (0.999, used by ``"ema"`` only).
+
+    Why ``supcon`` as the default base: it is the trial's default loss (the best family on glyphs
+    in the contrastive_balance search, ``bench/RESULTS.md``); the base was ``contrastive``, the
+    trial default when LSD was written. The contrastive margin loss with its default margins
+    0.8 / 0.3 moves slowly out of a fresh network's narrow cone: on glyphs-tiny (small CNN,
+    32-d, batch 32, seed 0) the pair cosines of a first batch are 0.90-1.00 (mean 0.975), so the
+    positive term is about 0 from the start, and the negative term falls only from 0.63 to 0.49
+    (epoch means over 4 x 15 steps); with LSD on it, distilling towards the previous epoch's
+    lists holds it there (0.63, 0.65, 0.68, 0.66). Measured (glyphs-tiny, Recall@1 trained
+    minus untrained, one thread): ``contrastive`` alone, 2 x 15 steps, seeds 0-5: +0.051, +0.085, +0.097, +0.102, +0.034,
+    +0.108, and 4 x 15: +0.062, +0.040, +0.097, +0.011, +0.097, +0.148; LSD on it, 2 x 15:
+    +0.074, +0.017, +0.080, +0.074, +0.023, +0.165, and 4 x 15: +0.023, +0.062, +0.006,
+    +0.040, +0.057, +0.102. LSD on ``supcon``, 2 x 15 steps, seeds 0-5: +0.102, +0.080,
+    +0.176, +0.102, +0.017, +0.170 (seed 4 epoch by epoch: +0.074, +0.017, +0.108: the
+    distillation towards the epoch-1 model can hold epoch 2 back), and 4 x 15, seeds 0-7:
+    +0.159, +0.125, +0.182, +0.131, +0.165, +0.188, +0.114, +0.284.
     """
 
     wraps_losses: ClassVar[bool] = True
@@ -83,7 +99,7 @@ class ListwiseSelfDistillation(BaseLoss):
         *,
         num_classes: int,
         embedding_size: int,
-        base: str = "contrastive",
+        base: str = "supcon",
         weight: float = 1.0,
         temperature: float = 0.1,
         teacher: Literal["epoch", "ema"] = "epoch",
