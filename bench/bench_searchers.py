@@ -445,15 +445,15 @@ def utilisation_table(concurrencies: tuple[int, ...] = (2, 8, 32), budget: int =
         for c in concurrencies:
             rng = random.Random(0)
 
-            def fake(config: dict[str, Any]) -> float:
+            def fake(config: dict[str, Any], rng: random.Random = rng) -> float:
                 lam = float(config.get("loss.lambda", 0.5))
                 return 0.5 - (lam - 0.4) ** 2 + 0.02 * rng.random()
 
+            def cost(config: dict[str, Any], rng: random.Random = rng) -> float:
+                return trial_cost({**space.fixed, **TRIAL_SETTINGS, **config}) * rng.uniform(0.5, 1.5)
+
             searcher = make_searcher(name, space, seed=0, budget=budget, concurrency=c)
-            result = simulate(
-                searcher, fake, budget=budget, concurrency=c,
-                cost=lambda config: trial_cost({**space.fixed, **TRIAL_SETTINGS, **config}) * rng.uniform(0.5, 1.5),
-            )
+            result = simulate(searcher, fake, budget=budget, concurrency=c, cost=cost)
             cells.append(f"{result['utilisation']:.2f} ({len(result['trials'])} trials)")
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(rows)

@@ -184,3 +184,62 @@ def test_a_real_tuner_runs_coordinate_descent(tmp_path):
     assert all(c["fixed_key"] == 1 and isinstance(c["k"], int) for c in configs)
     reference = drive(CoordinateDescent(space, max_trials=10), bowl)
     assert max(r.metrics["score"] for r in results) == pytest.approx(max(v for _, _, v in reference))
+
+
+def test_a_stopped_result_is_told_incomplete(tmp_path):
+    """A trial that ends before its config's epochs (ASHA stopped it) is no fair comparison."""
+    space = space_from_text(tmp_path, BOWL)
+    searcher = make_ray_searcher("balance", space, metric="score", mode="max", num_samples=12)
+    ids = [f"t{i}" for i in range(3)]
+    for i in ids:
+        assert isinstance(searcher.suggest(i), dict)
+    searcher.on_trial_complete("t0", {"score": -0.5, "epoch": 4, "config": {"epochs": 4}})
+    searcher.on_trial_complete("t1", {"score": 5.0, "epoch": 1, "config": {"epochs": 4}})  # stopped
+    searcher.on_trial_complete("t2", {"score": -0.1})  # no epoch information: complete
+    _, best = searcher.core.best()
+    assert best == -0.1
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_real_tuner_with_asha_tells_the_balance_search_which_trials_were_stopped(tmp_path):
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    space = space_from_text(tmp_path, BOWL)
+
+    def trainable(config):
+        import math
+
+        x, lr, k = config["x"], config["lr"], config["k"]
+        final = -((x - 1.3) ** 2 / 25 + (math.log10(lr / 3e-3)) ** 2 / 9 + ((k - 20) / 63) ** 2)
+        for epoch in range(1, config["epochs"] + 1):
+            # early epochs look better than the last: a truncated value is no fair comparison
+            tune.report({"score": final + (config["epochs"] - epoch), "epoch": epoch})
+
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False
+    )
+    try:
+        searcher = make_ray_searcher("balance", space, metric="score", mode="max", num_samples=12)
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"epochs": 4},
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=ASHAScheduler(time_attr="epoch", max_t=4, grace_period=1, reduction_factor=2),
+                num_samples=12,
+                metric="score",
+                mode="max",
+                max_concurrent_trials=2,
+            ),
+            run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), name="asha", verbose=0),
+        )
+        results = tuner.fit()
+    finally:
+        ray.shutdown()
+    stopped = [r for r in results if r.metrics["epoch"] < 4]
+    assert stopped, "ASHA stopped no trial: the test proves nothing"
+    full = [r.metrics["score"] for r in results if r.metrics["epoch"] == 4]
+    assert searcher.core.best()[1] == pytest.approx(max(full))

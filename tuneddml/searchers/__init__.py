@@ -13,6 +13,8 @@ from tuneddml.errors import ConfigError
 
 #: name -> one-line description
 SEARCHERS: dict[str, str] = {
+    "balance": "explore, race the loss families by successive halving, refine each by coordinate "
+    "descent with coupled coordinates revisited and noise-aware moves",
     "coordinate_descent": "one coordinate at a time, a line of points in parallel, shrinking steps "
     "(Sors et al. 2021)",
     "tpe": "Optuna's tree-structured Parzen estimator (Bayesian)",
@@ -50,12 +52,17 @@ def make_ray_searcher(
 
     Every searcher proposes the flat searched keys only (the driver's ``param_space`` carries the
     fixed ones). Coordinate descent, TPE, CMA-ES and random all evaluate the space's start point
-    first, so they compare from the same place; grid spends ``num_samples`` on a grid. The budget
-    ``num_samples`` also bounds coordinate descent and sizes the grid. ``max_concurrent`` is
+    first (balance: every family's start point), so they compare from the same place; grid spends ``num_samples`` on a grid. The budget
+    ``num_samples`` also bounds coordinate descent and the balance search (which sizes its exploration
+by it) and sizes the grid. ``max_concurrent`` is
     enforced by Tune's ``max_concurrent_trials``; here it only turns on TPE's "constant liar" for
     parallel trials. Call :func:`check_searcher` before Ray starts to refuse a bad name early.
     """
     check_searcher(name)
+    if name == "balance":
+        from tuneddml.searchers.ray_searcher import BalanceSearchRay
+
+        return BalanceSearchRay(space, metric=metric, mode=mode, seed=seed, max_trials=num_samples)
     if name == "coordinate_descent":
         from tuneddml.searchers.ray_searcher import CoordinateDescentSearch
 

@@ -20,7 +20,9 @@ The algorithm, on the unit interval ``u`` of each numeric domain (log scale wher
 - coordinates whose ``when`` conditions fail at the incumbent are skipped; when a categorical move
   (e.g. ``loss``) makes them active, they join the cycle with their own step.
 - the first cycle follows the file's order, later cycles a seeded shuffle of it.
-- a failed, diverged or NaN/inf result counts as the worst possible value, never an error.
+- a failed, diverged or NaN/inf result counts as the worst possible value, never an error; so does
+  a trial stopped early (``tell(..., complete=False)``, e.g. by ASHA), whose truncated value is not
+  comparable with a fully trained incumbent's.
 
 The search ends (:data:`FINISHED`) when ``max_trials`` points have been handed out, or when every
 active coordinate is settled at the incumbent. :meth:`state_dict` is plain JSON data.
@@ -105,13 +107,15 @@ class CoordinateDescent:
             return key, dict(entry["config"])
         return FINISHED if self._finished else None
 
-    def tell(self, trial_key: str, value: float | None) -> None:
-        """The result of a trial handed out by :meth:`ask`; None/NaN/inf: failed or diverged."""
+    def tell(self, trial_key: str, value: float | None, *, complete: bool = True) -> None:
+        """The result of a trial handed out by :meth:`ask`; None/NaN/inf: failed or diverged.
+        ``complete=False`` (stopped early, e.g. by ASHA): its truncated value is not compared with
+        fully trained incumbents; it counts as no gain."""
         line = self._line
         handed_out = line is not None and trial_key in line["entries"] and trial_key not in self._queue
         if line is None or not handed_out or trial_key in line["results"]:
             raise KeyError(f"no pending trial {trial_key!r}")
-        score = score_of(value, self.mode)
+        score = score_of(value, self.mode) if complete else None
         line["results"][trial_key] = score
         self._records[line["entries"][trial_key]["cache"]] = score
         if len(line["results"]) == len(line["entries"]):

@@ -53,9 +53,9 @@ class GridSearch:
         self._next += 1
         return key, dict(self.configs[self._pending[key]])
 
-    def tell(self, trial_key: str, value: float | None) -> None:
+    def tell(self, trial_key: str, value: float | None, *, complete: bool = True) -> None:
         index = self._pending.pop(trial_key)
-        self._records[config_key(self.configs[index])] = score_of(value, self.mode)
+        self._records[config_key(self.configs[index])] = score_of(value, self.mode) if complete else None
 
     @property
     def finished(self) -> bool:

@@ -1,13 +1,15 @@
-"""Coordinate descent as an Optuna sampler, for plain Optuna studies::
+"""Coordinate descent and the balance search as Optuna samplers, for plain Optuna studies::
 
-    sampler = CoordinateDescentSampler(load_space("contrastive_balance"), seed=0)
+    sampler = BalanceSampler(load_space("contrastive_balance"), seed=0, max_trials=40)
+    # or CoordinateDescentSampler(load_space("contrastive_balance"), seed=0)
     # or, without a space file: CoordinateDescentSampler({"x": FloatDistribution(-5, 5)})
     study = optuna.create_study(direction="maximize", sampler=sampler)
     study.optimize(objective, n_trials=40)   # stops early once coordinate descent has converged
 
 Optuna's trial lifecycle maps onto ask/tell: ``before_trial`` asks the core for a config,
 ``sample_independent`` answers each ``trial.suggest_*`` from it, ``after_trial`` tells the value (a
-pruned trial's last intermediate value; None for a failed one) and, once the core is finished,
+pruned trial's last intermediate value, marked incomplete for a core that takes ``complete``; None
+for a failed one) and, once the core is finished,
 calls ``study.stop()``. A trial that the core cannot serve (its line still has results pending
 under ``n_jobs > 1``, or the search is finished) and a parameter outside the space are sampled at
 random and not told to the core; a trial whose objective's distribution cannot hold the proposed
@@ -26,6 +28,7 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from tuneddml.searchers.balance import BalanceOptions, BalanceSearch
 from tuneddml.searchers.coordinate_descent import CoordinateDescent
 from tuneddml.searchers.space import Domain, SearchSpace
 
@@ -52,33 +55,20 @@ def space_from_distributions(
     return SearchSpace(name=name, path=None, parameters=parameters)
 
 
-class CoordinateDescentSampler(BaseSampler):
-    """An Optuna sampler running :class:`~tuneddml.searchers.coordinate_descent.CoordinateDescent`."""
+class AskTellSampler(BaseSampler):
+    """An Optuna sampler around an ask/tell core built by :meth:`make_core` on the first trial
+    (when the study's direction is known)."""
 
-    def __init__(
-        self,
-        space: SearchSpace | Mapping[str, BaseDistribution],
-        *,
-        seed: int | None = None,
-        max_trials: int | None = None,
-        line_points: int = 4,
-        initial_step: float = 0.25,
-        shrink: float = 0.5,
-        min_step: float = 1 / 32,
-    ) -> None:
+    def __init__(self, space: SearchSpace | Mapping[str, BaseDistribution], *, seed: int | None = None) -> None:
         self.space = space if isinstance(space, SearchSpace) else space_from_distributions(space)
-        self._options = {
-            "seed": seed or 0,
-            "max_trials": max_trials,
-            "line_points": line_points,
-            "initial_step": initial_step,
-            "shrink": shrink,
-            "min_step": min_step,
-        }
-        self.core: CoordinateDescent | None = None
+        self.seed = seed or 0
+        self.core: Any = None
         self._random = RandomSampler(seed=seed)
         self._assigned: dict[int, tuple[str, dict[str, Any]]] = {}  # trial number -> (key, config)
         self._mismatched: set[int] = set()
+
+    def make_core(self, mode: str) -> Any:
+        raise NotImplementedError
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return {}
@@ -91,9 +81,9 @@ class CoordinateDescentSampler(BaseSampler):
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         if self.core is None:
             if len(study.directions) != 1:
-                raise ValueError("coordinate descent optimises a single objective")
+                raise ValueError(f"{type(self).__name__} optimises a single objective")
             mode = "max" if study.direction == StudyDirection.MAXIMIZE else "min"
-            self.core = CoordinateDescent(self.space, mode=mode, **self._options)
+            self.core = self.make_core(mode)
         got = self.core.ask()
         if isinstance(got, tuple):
             key, config = got
@@ -123,7 +113,11 @@ class CoordinateDescentSampler(BaseSampler):
         self._mismatched.discard(trial.number)
         if assigned is not None and self.core is not None:
             ok = state in (TrialState.COMPLETE, TrialState.PRUNED) and values and not mismatched
-            self.core.tell(assigned[0], values[0] if ok else None)  # type: ignore[index]
+            value = values[0] if ok else None  # type: ignore[index]
+            if isinstance(self.core, BalanceSearch):
+                self.core.tell(assigned[0], value, complete=state != TrialState.PRUNED)
+            else:
+                self.core.tell(assigned[0], value)
         if self.core is not None and self.core.finished and not self._assigned:
             try:
                 study.stop()
@@ -134,4 +128,50 @@ class CoordinateDescentSampler(BaseSampler):
         self._random.reseed_rng()
 
 
-__all__ = ["CoordinateDescentSampler", "space_from_distributions"]
+class CoordinateDescentSampler(AskTellSampler):
+    """An Optuna sampler running :class:`~tuneddml.searchers.coordinate_descent.CoordinateDescent`."""
+
+    def __init__(
+        self,
+        space: SearchSpace | Mapping[str, BaseDistribution],
+        *,
+        seed: int | None = None,
+        max_trials: int | None = None,
+        line_points: int = 4,
+        initial_step: float = 0.25,
+        shrink: float = 0.5,
+        min_step: float = 1 / 32,
+    ) -> None:
+        super().__init__(space, seed=seed)
+        self._options = {
+            "max_trials": max_trials,
+            "line_points": line_points,
+            "initial_step": initial_step,
+            "shrink": shrink,
+            "min_step": min_step,
+        }
+
+    def make_core(self, mode: str) -> CoordinateDescent:
+        return CoordinateDescent(self.space, mode=mode, seed=self.seed, **self._options)  # type: ignore[arg-type]
+
+
+class BalanceSampler(AskTellSampler):
+    """An Optuna sampler running :class:`~tuneddml.searchers.balance.BalanceSearch`."""
+
+    def __init__(
+        self,
+        space: SearchSpace | Mapping[str, BaseDistribution],
+        *,
+        seed: int | None = None,
+        max_trials: int | None = None,
+        options: BalanceOptions | None = None,
+    ) -> None:
+        super().__init__(space, seed=seed)
+        self.max_trials = max_trials
+        self.options = options
+
+    def make_core(self, mode: str) -> BalanceSearch:
+        return BalanceSearch(self.space, mode=mode, seed=self.seed, max_trials=self.max_trials, options=self.options)  # type: ignore[arg-type]
+
+
+__all__ = ["AskTellSampler", "BalanceSampler", "CoordinateDescentSampler", "space_from_distributions"]

@@ -5,7 +5,9 @@
 supplies the fixed ones), ``None`` while the core waits for the results of its current line (Tune
 then holds back new trials without a ``ConcurrencyLimiter``), or ``Searcher.FINISHED``.
 ``on_trial_complete`` tells the trial's final metric; an errored trial, or one without a finite
-metric, counts as a failed result. ``save``/``restore`` pickle the core's ``state_dict`` with the
+metric, counts as a failed result; a trial that reports fewer epochs than its config's ``epochs``
+(stopped early by ASHA) is told ``complete=False``, so the core never compares its truncated value
+with a fully trained incumbent. ``save``/``restore`` pickle the core's ``state_dict`` with the
 trial-id map, so ``Tuner.restore`` continues the search where it stopped: trials still running at
 the interruption are re-run by Tune under the same ids and told to the core when they end.
 """
@@ -31,11 +33,15 @@ class AskTellSearcher(Searcher):
         self.core.mode = self._mode
         self._trials: dict[str, str] = {}  # Ray trial id -> core trial key
         self._asked = False
+        self._epochs: dict[str, Any] = {}  # Ray trial id -> the epochs its config asks for
+        self.fixed_epochs: Any = None  # the param space's epochs (Tune tells it below)
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         """Tune's metric and mode win over the space's, as long as nothing was suggested yet."""
         if self._asked:
             return False
+        if isinstance(config, dict) and "epochs" in config:
+            self.fixed_epochs = config["epochs"]
         if metric:
             self._metric = metric
         if mode:
@@ -52,6 +58,7 @@ class AskTellSearcher(Searcher):
             return Searcher.FINISHED
         key, config = got
         self._trials[trial_id] = key
+        self._epochs[trial_id] = config.get("epochs", self.fixed_epochs)
         return dict(config)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -59,12 +66,14 @@ class AskTellSearcher(Searcher):
         if key is None:  # not ours (e.g. added by hand) or already told
             return
         value = None if error or not result else result.get(self._metric)
-        self.core.tell(key, value)
+        self.core.tell(key, value, complete=_complete(result, self._epochs.pop(trial_id, self.fixed_epochs)))
 
     def get_state(self) -> dict[str, Any]:
         return {
             "core": self.core.state_dict(),
             "trials": dict(self._trials),
+            "epochs": dict(self._epochs),
+            "fixed_epochs": self.fixed_epochs,
             "metric": self._metric,
             "mode": self._mode,
             "asked": self._asked,
@@ -74,6 +83,7 @@ class AskTellSearcher(Searcher):
         self.core.load_state_dict(state["core"])
         self._trials = dict(state["trials"])
         self._metric, self._mode, self._asked = state["metric"], state["mode"], state["asked"]
+        self._epochs, self.fixed_epochs = dict(state.get("epochs", {})), state.get("fixed_epochs")
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
@@ -82,6 +92,43 @@ class AskTellSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.set_state(pickle.load(f))
+
+
+def _complete(result: dict | None, epochs: Any = None) -> bool:
+    """Whether a trial's last result is its last epoch (not stopped early by a scheduler);
+    ``epochs``: what the trial's config asked for (else read from the result's ``config``)."""
+    if not result:
+        return True
+    if epochs is None:
+        epochs = (result.get("config") or {}).get("epochs")
+    epoch = result.get("epoch")
+    try:
+        return epochs is None or epoch is None or int(epoch) >= int(epochs)
+    except (TypeError, ValueError):
+        return True
+
+
+class BalanceSearchRay(AskTellSearcher):
+    """The balance search (:class:`~tuneddml.searchers.balance.BalanceSearch`) as a Ray Tune
+    search algorithm."""
+
+    def __init__(
+        self,
+        space: Any,
+        *,
+        metric: str | None = None,
+        mode: str | None = None,
+        seed: int = 0,
+        max_trials: int | None = None,
+        options: Any = None,
+    ) -> None:
+        from tuneddml.searchers.balance import BalanceSearch
+
+        super().__init__(
+            BalanceSearch(space, seed=seed, mode=mode, max_trials=max_trials, options=options),
+            metric=metric,
+            mode=mode,
+        )
 
 
 class CoordinateDescentSearch(AskTellSearcher):
