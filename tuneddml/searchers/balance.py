@@ -138,6 +138,11 @@ class BalanceSearch:
         self._records: dict[str, float | None] = {}  # config key -> score (None: failed/stopped)
         self._issued = 0
         self._next_line = 0
+        #: what the search decided, in words (a family dropped, a move, a step shrunk), for progress
+        self.events: list[str] = []
+
+    def _event(self, text: str) -> None:
+        self.events.append(f"[trial {self._issued}] {text}")
 
     # ---- ask / tell -------------------------------------------------------------------------
     def ask(self) -> Ask:
@@ -357,6 +362,10 @@ class BalanceSearch:
             self._halve()
 
     def _move(self, family: dict[str, Any], name: str, point: dict[str, Any], score: float) -> None:
+        self._event(
+            f"{family['name']}: {name} {family['point'].get(name)} -> {point.get(name)} "
+            f"({self._shown(family['score'])} -> {self._shown(score)})"
+        )
         family["point"], family["score"] = point, score
         family["version"] += 1
         family["settled"].pop(name, None)
@@ -372,8 +381,10 @@ class BalanceSearch:
         step = family["steps"].get(name)
         if step is None or step <= self.options.min_step:
             family["settled"][name] = family["version"]
+            self._event(f"{family['name']}: {name} settled")
         else:
             family["steps"][name] = max(self.options.min_step, step * self.options.shrink)
+            self._event(f"{family['name']}: {name} no gain, step {step:g} -> {family['steps'][name]:g}")
 
     def _is_settled(self, family: dict[str, Any], name: str) -> bool:
         return family["settled"].get(name) == family["version"]
@@ -393,6 +404,7 @@ class BalanceSearch:
         for f in ranked[keep:]:
             if f["score"] is None or leader is None or f["score"] < leader - self.options.min_gain:
                 f["alive"] = False
+                self._event(f"family {f['name']} dropped ({self._shown(f['score'])}; leader {self._shown(leader)})")
                 self._drop_queued(f)
         self._round += 1
 
@@ -412,6 +424,12 @@ class BalanceSearch:
         alive = [f["score"] for f in self._families if f["alive"] and f["score"] is not None]
         if not family["alive"] and family["score"] is not None and alive and family["score"] > max(alive):
             family["alive"] = True
+            self._event(f"family {family['name']} back ({self._shown(family['score'])})")
+
+    def _shown(self, score: float | None) -> str:
+        if score is None:
+            return "-"
+        return f"{score if self.mode == 'max' else -score:.4f}"
 
     # ---- save / restore ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -432,6 +450,7 @@ class BalanceSearch:
             "records": self._records,
             "issued": self._issued,
             "next_line": self._next_line,
+            "events": self.events,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -445,3 +464,4 @@ class BalanceSearch:
         self._queue = [(q[0], int(q[1])) for q in state["queue"]]
         self._trials = {k: dict(v) for k, v in state["trials"].items()}
         self._records, self._issued, self._next_line = dict(state["records"]), state["issued"], state["next_line"]
+        self.events = list(state.get("events", []))

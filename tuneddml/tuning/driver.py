@@ -396,6 +396,9 @@ def run_search(request: SearchRequest, *, stream: IO[str] | None = None) -> Sear
                 max_concurrent=request.max_concurrent,
                 num_samples=request.num_samples,
             )
+            core = getattr(algo, "core", None)
+            if hasattr(core, "events"):  # the balance search says what it decided
+                progress.events = lambda: core.events
             scheduler = _make_scheduler(request, space)
             tuner = tune.Tuner(
                 trainable,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 from ray.tune import Callback
@@ -25,6 +26,7 @@ class SearchProgress(Callback):
         concurrency: int,
         stream: IO[str] | None = None,
         every: float = 30.0,
+        events: Callable[[], list[str]] | None = None,
     ) -> None:
         self.num_samples = num_samples
         self.metric = metric
@@ -41,11 +43,22 @@ class SearchProgress(Callback):
         self.running: set[str] = set()
         self.durations: list[float] = []
         self.started: dict[str, float] = {}
+        self.events = events  # the searcher's own decisions, printed as they happen
+        self.events_shown = 0
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["stream"] = None
+        state["events"] = None
         return state
+
+    def _searcher_events(self) -> None:
+        if self.events is None:
+            return
+        events = self.events()
+        for text in events[self.events_shown :]:
+            self._out(f"searcher {text}")
+        self.events_shown = len(events)
 
     def _out(self, text: str) -> None:
         print(text, file=self.stream or sys.stdout, flush=True)
@@ -92,6 +105,7 @@ class SearchProgress(Callback):
         value = last.get(self.metric)
         shown = f"{self.metric}={value:.4f}" if isinstance(value, (int, float)) else "no result"
         self._out(f"trial {trial.trial_id} {why} after {last.get('epoch', 0)} epochs: {shown}")
+        self._searcher_events()
         self._out(self.line())
         self.last_print = time.monotonic()
 
@@ -103,6 +117,7 @@ class SearchProgress(Callback):
         self._ended(trial, True, "failed")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self._searcher_events()
         if time.monotonic() - self.last_print >= self.every:
             self.last_print = time.monotonic()
             self._out(self.line())
