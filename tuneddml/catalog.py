@@ -52,7 +52,6 @@ def catalog() -> dict[str, object]:
                         "range": str(p.interval) if p.interval else None,
                     }
                     for p in entry.params
-                    if not (prefix == "dataset" and p.name in ("root", "image_size"))
                 },
             }
         out[prefix] = entries
@@ -79,8 +78,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             if balance:
                 print(f"      balance: {balance}")
             for p in entry.params:
-                if prefix == "dataset" and p.name in ("root", "image_size"):
-                    continue
                 print(f"      {p.describe()}")
     return 0
 

@@ -31,6 +31,8 @@ COMPONENTS = {
     "sampler": ("sampler", "sampler_params"),
     "embedding_aug": ("embedding_aug", "embedding_aug_params"),
 }
+#: a dataset loader's runtime argument -> the trial field that supplies it
+DATASET_RUNTIME = {"root": "data_root", "image_size": "image_size"}
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class TrialConfig:
     # data
     dataset: str = "glyphs"
     data_root: str | None = None  # folder of a benchmark / cache folder for glyphs
-    image_size: int = 32
+    image_size: int | None = None  # None: the dataset's own (glyphs 32, the photo benchmarks 224)
     split: Literal["val", "test"] = "val"  # val: a class-disjoint fold of the training classes
     num_folds: int = 4
     fold: int = 0
@@ -118,22 +120,21 @@ class TrialConfig:
                 continue
             registry = registries[prefix]
             if prefix == "dataset":
-                for reserved in ("root", "image_size"):
-                    if reserved in params:
-                        raise ConfigError(
-                            f"dataset.{reserved}",
-                            params[reserved],
-                            f"set it with the top-level key {'data_root' if reserved == 'root' else reserved}",
-                        )
-                checked = registry.validate(name, params, field=prefix)
-                checked.pop("root", None)
-                checked.pop("image_size", None)
-            else:
-                checked = registry.validate(name, params, field=prefix)
-            updates[params_field] = checked
+                for arg, top in DATASET_RUNTIME.items():
+                    if arg in params:
+                        raise ConfigError(f"dataset.{arg}", params[arg], f"set it with the top-level key {top}")
+                updates["image_size"] = self._image_size(registry.get(name, "dataset"))
+            updates[params_field] = registry.validate(name, params, field=prefix)
         config = dataclasses.replace(self, **updates)
         config._check_combination()
         return config
+
+    def _image_size(self, dataset: Any) -> int:
+        """The trial's image size: its own, checked against the dataset's range, else the dataset's."""
+        spec = dataset.runtime_param("image_size")
+        if self.image_size is None:
+            return int(spec.default)
+        return int(spec.coerce(self.image_size, "image_size"))
 
     def _check_combination(self) -> None:
         from tuneddml.losses import resolve_miner
@@ -162,10 +163,13 @@ class TrialConfig:
     def replace(self, **flat: Any) -> TrialConfig:
         """A copy with some flat keys changed, validated again."""
         merged = self.to_flat()
-        # a new component name resets its parameters to that component's defaults
+        # a new component name resets its parameters to that component's defaults (a new dataset
+        # also its image size, unless given)
         for prefix, (name_field, _) in COMPONENTS.items():
             if name_field in flat and flat[name_field] != merged[name_field]:
                 merged = {k: v for k, v in merged.items() if not k.startswith(prefix + ".")}
+                if prefix == "dataset":
+                    merged["image_size"] = None
         merged.update(flat)
         return TrialConfig.from_flat(merged)
 

@@ -6,17 +6,26 @@ from ``Literal[...]`` annotations, ranges from the interval strings given to ``r
 (``"[0, 1]"``, ``"(0, inf)"``). Arguments listed as ``runtime`` (``num_classes``, an injected
 miner, ...) are supplied by the trial, never by the user.
 
+A runtime argument with a default (a dataset's ``image_size``) is described like a parameter
+(:attr:`Entry.runtime_params`), so the trial can fill in the component's own default and check a
+value against the component's own range. A component may also declare the ranges worth searching
+(``search``: one space-file distribution per parameter, e.g. ``{"lambda": {"uniform": [0.05,
+0.95]}}``), which search spaces reuse, and the Python packages it needs (``requires``).
+
 Everything fails loudly: a duplicate name, an unknown name, an unknown parameter or a value out of
-range raises :class:`~tuneddml.errors.ConfigError` naming the valid choices.
+range raises :class:`~tuneddml.errors.ConfigError` naming the valid choices; a registry built with
+a ``contract`` refuses, at import, a component that does not declare what its interface asks for.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import inspect
 import math
 import re
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
@@ -141,16 +150,27 @@ class Entry(Generic[T]):
     params: tuple[ParamSpec, ...]
     runtime: tuple[str, ...]
     summary: str
+    #: runtime arguments that have a default, described as parameters (their default and range)
+    runtime_params: tuple[ParamSpec, ...] = ()
+    #: parameter name -> the space-file distribution worth searching (see the module docstring)
+    search: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    requires: tuple[str, ...] = ()  # importable modules the component needs
 
     def param(self, name: str) -> ParamSpec | None:
         return next((p for p in self.params if p.name == name), None)
+
+    def runtime_param(self, name: str) -> ParamSpec | None:
+        return next((p for p in self.runtime_params if p.name == name), None)
 
 
 class Registry(Generic[T]):
     """Name -> component factory, with the parameters of each."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, contract: Callable[[str, Any], None] | None = None) -> None:
+        """``contract(name, factory)`` runs at registration and raises ValueError for a component
+        that does not declare what its interface asks for (a loss's family, a miner's output)."""
         self.kind = kind
+        self.contract = contract
         self._entries: dict[str, Entry[T]] = {}
 
     def register(
@@ -159,22 +179,46 @@ class Registry(Generic[T]):
         *,
         ranges: Mapping[str, str] | None = None,
         runtime: Iterable[str] = (),
+        summary: str | None = None,
+        search: Mapping[str, Any] | None = None,
+        requires: Iterable[str] = (),
     ) -> Callable[[Callable[..., T]], Callable[..., T]]:
-        """Class decorator. ``ranges`` maps constructor arguments to interval strings."""
+        """Class decorator. ``ranges`` maps constructor arguments (runtime ones with a default
+        included) to interval strings; ``summary`` replaces the docstring's first line."""
 
         def decorate(factory: Callable[..., T]) -> Callable[..., T]:
+            where = f"{self.kind} {name}"
             if name in self._entries:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
-            params = param_specs(factory, dict(ranges or {}), tuple(runtime), f"{self.kind} {name}")
+                raise ValueError(f"{where} is registered twice")
+            if self.contract is not None:
+                self.contract(name, factory)
+            ranged = dict(ranges or {})
+            runtime_args = tuple(runtime)
+            runtime_ranges = {k: ranged.pop(k) for k in list(ranged) if k in runtime_args}
+            params = param_specs(factory, ranged, runtime_args, where)
+            defaults = runtime_specs(factory, runtime_args, runtime_ranges, where)
+            searched = dict(search or {})
+            unknown = sorted(set(searched) - {p.name for p in params})
+            if unknown:
+                raise ValueError(f"{where}: search ranges given for unknown parameters {unknown}")
             doc = inspect.getdoc(factory) or ""
-            summary = doc.strip().splitlines()[0] if doc.strip() else ""
-            self._entries[name] = Entry(name, factory, params, tuple(runtime), summary)
+            first = doc.strip().splitlines()[0] if doc.strip() else ""
+            self._entries[name] = Entry(
+                name, factory, params, runtime_args, summary or first, defaults, searched, tuple(requires)
+            )
             return factory
 
         return decorate
 
     def names(self) -> list[str]:
         return sorted(self._entries)
+
+    def __iter__(self) -> Iterator[str]:
+        """Names in registration order."""
+        return iter(list(self._entries))
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
@@ -184,6 +228,19 @@ class Registry(Generic[T]):
             raise ConfigError(field or self.kind, name, self.names())
         return self._entries[name]
 
+    def available(self, name: str, field: str | None = None) -> Entry[T]:
+        """:meth:`get`, and a ConfigError if a package the component ``requires`` is missing."""
+        entry = self.get(name, field)
+        missing = [m for m in entry.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            others = ", ".join(n for n in self.names() if n != name)
+            raise ConfigError(
+                field or self.kind,
+                name,
+                f"an installed {', '.join(missing)} package (pip install {' '.join(missing)}), or one of {others}",
+            )
+        return entry
+
     def validate(self, name: str, params: Mapping[str, Any], field: str | None = None) -> dict[str, Any]:
         """Check ``params`` against the component's signature; return them typed, defaults filled."""
         field = field or self.kind
@@ -192,8 +249,9 @@ class Registry(Generic[T]):
         for key in params:
             if key not in known:
                 valid = ", ".join(known) or "none"
+                supplied = " (the trial supplies " + key + ")" if key in entry.runtime else ""
                 raise ConfigError(
-                    f"{field}.{key}", params[key], f"a parameter of {self.kind} {name!r}: {valid}"
+                    f"{field}.{key}", params[key], f"a parameter of {self.kind} {name!r}: {valid}{supplied}"
                 )
         out: dict[str, Any] = {}
         for spec in entry.params:
@@ -207,7 +265,7 @@ class Registry(Generic[T]):
         self, name: str, params: Mapping[str, Any] | None = None, field: str | None = None, **runtime: Any
     ) -> T:
         """Validate ``params`` and construct; runtime arguments go only where the factory takes them."""
-        entry = self.get(name, field)
+        entry = self.available(name, field)
         checked = self.validate(name, params or {}, field)
         kwargs = {_ARG_NAME.get(k, k): v for k, v in checked.items()}
         kwargs.update({k: v for k, v in runtime.items() if k in entry.runtime})
@@ -240,6 +298,35 @@ def param_specs(
         seen.add(arg)
     if ranges:
         raise ValueError(f"{where}: ranges given for unknown parameters {sorted(ranges)}")
+    return tuple(specs)
+
+
+def runtime_specs(
+    factory: Callable[..., Any], runtime: tuple[str, ...], ranges: dict[str, str], where: str
+) -> tuple[ParamSpec, ...]:
+    """Specs of the runtime arguments that have a default of a plain type (bool, int, float, str)."""
+    target = factory.__init__ if inspect.isclass(factory) else factory  # type: ignore[misc]
+    if target is object.__init__:
+        return ()
+    signature = inspect.signature(target)
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:
+        hints = {}
+    specs = []
+    for arg in runtime:
+        p = signature.parameters.get(arg)
+        if p is None or p.default is inspect.Parameter.empty:
+            if arg in ranges:
+                raise ValueError(f"{where}: a range for runtime argument {arg!r}, which has no default")
+            continue
+        kind, choices, optional = _kind_of(hints.get(arg), p.default)
+        if kind not in (bool, int, float, str):
+            continue
+        interval = Interval.parse(ranges.pop(arg)) if arg in ranges else None
+        specs.append(ParamSpec(arg, arg, p.default, kind, choices, interval, optional))
+    if ranges:
+        raise ValueError(f"{where}: ranges given for unknown runtime arguments {sorted(ranges)}")
     return tuple(specs)
 
 

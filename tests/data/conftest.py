@@ -22,7 +22,7 @@ def glyph_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_cold(glyph_cache: Path) -> tuple[object, float]:
     """glyphs-tiny rendered into the empty session cache, with the time it took."""
     start = time.perf_counter()
-    dataset = DATASETS.build("glyphs-tiny", {"root": str(glyph_cache)})
+    dataset = DATASETS.build("glyphs-tiny", {}, root=str(glyph_cache))
     return dataset, time.perf_counter() - start
 
 

@@ -109,7 +109,7 @@ LIST_FILES = {
 
 
 def build(name: str, root: Path, **params):
-    return DATASETS.build(name, {"root": str(root), "image_size": 16, **params})
+    return DATASETS.build(name, params, root=str(root), image_size=16)
 
 
 def test_cub_official_class_split(tmp_path, write_image):
@@ -163,7 +163,7 @@ def test_missing_folder(name, tmp_path):
     assert err.value.field == "data_root" and err.value.value == str(tmp_path / "not-there")
     assert err.value.expected.startswith("a folder in the")
     with pytest.raises(ConfigError) as err:
-        DATASETS.build(name, {"root": None})
+        DATASETS.build(name, {}, root=None)
     assert err.value.field == "data_root"
 
 

@@ -41,7 +41,7 @@ def test_tiny_cold_render_is_fast_and_cache_is_reused(tiny_cold, glyph_cache):
     dataset, cold_seconds = tiny_cold
     assert cold_seconds < 10  # about 0.5 s on a quiet machine; generous for a loaded CI box
     start = time.perf_counter()
-    again = DATASETS.build("glyphs-tiny", {"root": str(glyph_cache)})
+    again = DATASETS.build("glyphs-tiny", {}, root=str(glyph_cache))
     warm_seconds = time.perf_counter() - start
     assert again.info["from_cache"] and not dataset.info["from_cache"]
     assert warm_seconds < cold_seconds
@@ -51,14 +51,14 @@ def test_tiny_cold_render_is_fast_and_cache_is_reused(tiny_cold, glyph_cache):
 
 
 def test_render_is_deterministic(tiny, tmp_path):
-    fresh = DATASETS.build("glyphs-tiny", {"root": str(tmp_path)})
+    fresh = DATASETS.build("glyphs-tiny", {}, root=str(tmp_path))
     assert not fresh.info["from_cache"]
     assert np.array_equal(fresh.train.data, tiny.train.data)
     assert np.array_equal(fresh.test.labels, tiny.test.labels)
 
 
 def test_split_seed_changes_the_split_but_not_the_classes(tiny, glyph_cache):
-    other = DATASETS.build("glyphs-tiny", {"root": str(glyph_cache), "split_seed": 1})
+    other = DATASETS.build("glyphs-tiny", {"split_seed": 1}, root=str(glyph_cache))
     assert other.info["train_classes"] != tiny.info["train_classes"]
     assert sorted(other.info["train_classes"] + other.info["test_classes"]) == sorted(
         tiny.info["train_classes"] + tiny.info["test_classes"]
@@ -66,7 +66,7 @@ def test_split_seed_changes_the_split_but_not_the_classes(tiny, glyph_cache):
 
 
 def test_smaller_image_size_keeps_the_class_list(tiny, glyph_cache):
-    small = DATASETS.build("glyphs-tiny", {"root": str(glyph_cache), "image_size": 16})
+    small = DATASETS.build("glyphs-tiny", {}, root=str(glyph_cache), image_size=16)
     assert small.train.item_shape == (1, 16, 16)
     assert small.info["train_classes"] == tiny.info["train_classes"]
     assert (small.train.data.reshape(len(small.train), -1).max(1) > 0).all()
@@ -137,14 +137,14 @@ def test_non_printing_code_points_are_skipped(codepoint, printable):
 
 def test_too_few_classes_is_a_config_error(glyph_cache):
     with pytest.raises(ConfigError) as err:
-        DATASETS.build("glyphs-tiny", {"root": str(glyph_cache), "min_fonts": 23})
+        DATASETS.build("glyphs-tiny", {"min_fonts": 23}, root=str(glyph_cache))
     assert err.value.field == "dataset.min_fonts"
 
 
 def test_cache_root_that_is_a_file_is_a_config_error(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError) as err:
-        DATASETS.build("glyphs-tiny", {"root": str(tmp_path / "file")})
+        DATASETS.build("glyphs-tiny", {}, root=str(tmp_path / "file"))
     assert err.value.field == "data_root"
 
 
@@ -163,7 +163,7 @@ def test_interrupted_cache_write_leaves_nothing(tiny, tmp_path, monkeypatch):
 
 def test_corrupt_cache_is_rendered_again(tiny, tmp_path):
     (tmp_path / Path(tiny.info["cache"]).name).write_bytes(b"PK\x03\x04 half a zip file")
-    again = DATASETS.build("glyphs-tiny", {"root": str(tmp_path)})
+    again = DATASETS.build("glyphs-tiny", {}, root=str(tmp_path))
     assert not again.info["from_cache"]
     assert np.array_equal(again.train.data, tiny.train.data)
 
@@ -185,13 +185,13 @@ def test_xl_reads_collections_and_extra_folders(tmp_path, glyph_cache):
     # 22 matplotlib faces + 2 in the collection (whose cmap is read in full: it is not named cm*);
     # only A-Z, a-z, 0-9 are in 23 or more of them
     xl = DATASETS.build(
-        "glyphs-xl", {"root": str(glyph_cache), "font_dirs": str(tmp_path / "fonts"), "min_fonts": 23}
+        "glyphs-xl", {"font_dirs": str(tmp_path / "fonts"), "min_fonts": 23}, root=str(glyph_cache)
     )
     assert xl.info["num_fonts"] == 24 and xl.info["num_classes"] == 62
     assert "TestFace1#1" in xl.info["fonts"]
     own = DATASETS.build(
         "glyphs-xl",
-        {"root": str(glyph_cache), "font_dirs": str(tmp_path / "fonts"), "min_fonts": 2, "matplotlib_fonts": False},
+        {"font_dirs": str(tmp_path / "fonts"), "min_fonts": 2, "matplotlib_fonts": False}, root=str(glyph_cache),
     )
     assert own.info["num_fonts"] == 2 and set(own.info["fonts"]) == {"TestFace0", "TestFace1#1"}
 
@@ -199,9 +199,9 @@ def test_xl_reads_collections_and_extra_folders(tmp_path, glyph_cache):
 @pytest.mark.slow
 def test_full_glyphs(tmp_path_factory):
     cache = tmp_path_factory.mktemp("full-glyphs")
-    cold = DATASETS.build("glyphs", {"root": str(cache)})
+    cold = DATASETS.build("glyphs", {}, root=str(cache))
     start = time.perf_counter()
-    warm = DATASETS.build("glyphs", {"root": str(cache)})
+    warm = DATASETS.build("glyphs", {}, root=str(cache))
     assert time.perf_counter() - start < 5 and warm.info["from_cache"]
     info = warm.info
     assert 2000 <= info["num_classes"] <= 2600 and info["num_fonts"] == 22

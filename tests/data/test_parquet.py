@@ -48,7 +48,7 @@ def test_vectors_with_a_split_column_and_root(tmp_path):
     path, _, _ = vector_table(tmp_path, part)
     data = DATASETS.build(
         "parquet",
-        {"root": str(tmp_path), "path": path.name, "vector_column": "features", "split_column": "part"},
+        {"path": path.name, "vector_column": "features", "split_column": "part"}, root=str(tmp_path),
     )
     assert len(data.train) == 16 and len(data.test) == 8
     assert data.info["num_train_classes"] == 4
@@ -71,7 +71,7 @@ def test_image_bytes_and_hf_image_structs(tmp_path):
     structs = pa.array([{"bytes": b, "path": f"{i}.png"} for i, b in enumerate(blobs)])
     pq.write_table(pa.table({"y": labels, "img": structs}), tmp_path / "hf.parquet")
     for name, params in (("plain.parquet", {}), ("hf.parquet", {"label_column": "y", "image_column": "img"})):
-        data = DATASETS.build("parquet", {"path": str(tmp_path / name), "image_size": 8, **params})
+        data = DATASETS.build("parquet", {"path": str(tmp_path / name), **params}, image_size=8)
         assert data.train.kind == "image" and data.augmentation == "natural"
         batch = data.train.load(np.arange(len(data.train)))
         assert batch.shape == (4, 3, 8, 8) and 0 <= float(batch.min()) and float(batch.max()) <= 1

@@ -168,3 +168,35 @@ def test_every_suitable_miner_works(name, miner):
     assert all(torch.isfinite(v) for v in out.values())
     out["total"].backward()
     assert torch.isfinite(e.grad).all()
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_every_loss_declares_its_family(name):
+    """One source of truth for which losses are pair-based, proxy-based or wrappers."""
+    from tuneddml.losses import loss_family
+
+    family = loss_family(name)
+    assert family in ("pair", "proxy", "wrapper")
+    if family == "proxy":  # a proxy loss owns per-class vectors, so it needs the class count
+        assert "num_classes" in LOSSES.get(name).runtime, name
+
+
+def test_the_families_of_our_own_losses():
+    from tuneddml.losses import loss_family
+
+    wrappers = {n for n in LOSSES.names() if loss_family(n) == "wrapper"}
+    assert wrappers == {"ccp", "ensemble", "hybrid", "lsd"}
+    proxies = {n for n in LOSSES.names() if loss_family(n) == "proxy" and ":" not in n}
+    assert proxies == {"normsoftmax", "proxy_anchor", "proxy_nca", "softtriple", "multi_proxy_anchor", "vmf_proxies"}
+
+
+def test_a_loss_without_a_family_is_refused_at_registration():
+    from tuneddml.losses.base import BaseLoss
+
+    class NoFamily(BaseLoss):
+        def __init__(self) -> None:
+            super().__init__()
+
+    with pytest.raises(ValueError, match="family"):
+        LOSSES.register("no_family_probe")(NoFamily)
+    assert "no_family_probe" not in LOSSES

@@ -11,7 +11,7 @@ from handcalc import pk_batch
 from tuneddml.errors import ConfigError
 from tuneddml.losses import LOSSES, build_loss
 from tuneddml.losses.base import BaseLoss
-from tuneddml.losses.ensemble import MemberLoss, WeightedMembers, is_proxy_loss, parse_member
+from tuneddml.losses.members import MemberLoss, WeightedMembers, is_proxy_loss, parse_member
 from tuneddml.sampling import MINERS
 
 C, D = 4, 16

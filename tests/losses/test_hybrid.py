@@ -125,3 +125,21 @@ def test_bad_member_parameter():
     with pytest.raises(ConfigError) as err:
         build({"proxy": "proxy_anchor:alpha=-1"})
     assert err.value.field == "loss.proxy:proxy_anchor.alpha"
+
+
+def test_members_are_chosen_by_their_declared_family():
+    """A pml pair loss is a pair member and never a proxy member (the family a loss declares, not
+    whether it takes embedding_size, decides); a wrapper (ccp) is no member at all."""
+    pytest.importorskip("pytorch_metric_learning")
+    loss = build({"pair": "pml:TripletMarginLoss"})
+    assert type(loss.parts.members["pair"]).__name__ == "PmlTripletMarginLoss"
+    build({"proxy": "pml:ProxyAnchorLoss"})
+    with pytest.raises(ConfigError) as err:
+        build({"proxy": "pml:TripletMarginLoss"})
+    assert err.value.field == "loss.proxy" and "pml:ProxyAnchorLoss" in err.value.expected
+    with pytest.raises(ConfigError) as err:
+        build({"pair": "pml:ProxyAnchorLoss"})
+    assert err.value.field == "loss.pair" and "pml:TripletMarginLoss" in err.value.expected
+    with pytest.raises(ConfigError) as err:
+        build({"proxy": "ccp"})
+    assert "ccp" not in err.value.expected

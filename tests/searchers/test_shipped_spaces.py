@@ -34,7 +34,7 @@ def datasets(monkeypatch):
             pass
 
     for name in DATASET_NAMES:
-        stand_ins.register(name)(StandIn)
+        stand_ins.register(name, runtime=("root", "image_size"))(StandIn)
     monkeypatch.setattr(config, "component_registries", lambda: {**real(), "dataset": stand_ins})
 
 

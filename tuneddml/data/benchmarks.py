@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tuneddml.data import DATASETS
+from tuneddml.data import DATASETS, RUNTIME
 from tuneddml.data.base import Dataset
 from tuneddml.data.files import FileItems, check_images, require_dir, require_file
 from tuneddml.errors import ConfigError
@@ -43,7 +43,7 @@ INSHOP_LAYOUT = "a folder in the In-Shop layout: Eval/list_eval_partition.txt an
 _RANGES = {"image_size": "[8, 1024]"}
 
 
-@DATASETS.register("cub200", ranges=_RANGES)
+@DATASETS.register("cub200", ranges=_RANGES, runtime=RUNTIME)
 def load_cub200(*, root: str | None = None, image_size: int = 224, verify: bool = True) -> Dataset:
     """CUB-200-2011 birds: classes 1-100 train (5,864 images), 101-200 test (5,924)."""
     top = require_dir(root, CUB_LAYOUT)
@@ -63,7 +63,7 @@ def load_cub200(*, root: str | None = None, image_size: int = 224, verify: bool 
     return _by_class_id("cub200", paths, np.array(classes), 100, top, CUB_LAYOUT, image_size, verify)
 
 
-@DATASETS.register("cars196", ranges=_RANGES)
+@DATASETS.register("cars196", ranges=_RANGES, runtime=RUNTIME)
 def load_cars196(*, root: str | None = None, image_size: int = 224, verify: bool = True) -> Dataset:
     """Stanford Cars: classes 1-98 train (8,054 images), 99-196 test (8,131)."""
     import scipy.io
@@ -86,7 +86,7 @@ def load_cars196(*, root: str | None = None, image_size: int = 224, verify: bool
     return _by_class_id("cars196", paths, classes, 98, top, CARS_LAYOUT, image_size, verify)
 
 
-@DATASETS.register("sop", ranges=_RANGES)
+@DATASETS.register("sop", ranges=_RANGES, runtime=RUNTIME)
 def load_sop(*, root: str | None = None, image_size: int = 224, verify: bool = True) -> Dataset:
     """Stanford Online Products: 11,318 train classes (59,551 images), 11,316 test (60,502)."""
     top = require_dir(root, SOP_LAYOUT)
@@ -104,7 +104,7 @@ def load_sop(*, root: str | None = None, image_size: int = 224, verify: bool = T
     return _dataset("sop", train, test, None, top)
 
 
-@DATASETS.register("inshop", ranges=_RANGES)
+@DATASETS.register("inshop", ranges=_RANGES, runtime=RUNTIME)
 def load_inshop(*, root: str | None = None, image_size: int = 224, verify: bool = True) -> Dataset:
     """DeepFashion In-Shop: 3,997 train items (25,882 images); 14,218 queries vs 12,612 gallery images."""
     top = require_dir(root, INSHOP_LAYOUT)

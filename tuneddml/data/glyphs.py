@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFont
 
-from tuneddml.data import DATASETS
+from tuneddml.data import DATASETS, RUNTIME
 from tuneddml.data.base import ArrayItems, Dataset
 from tuneddml.data.fonts import (
     ALNUM,
@@ -58,7 +58,7 @@ PIPELINE_VERSION = 1
 _RANGES = {"image_size": "[8, 512]", "min_fonts": "[1, 10000]"}
 
 
-@DATASETS.register("glyphs", ranges=_RANGES)
+@DATASETS.register("glyphs", ranges=_RANGES, runtime=RUNTIME)
 def load_glyphs(
     *, root: str | None = None, image_size: int = 32, min_fonts: int = 10, split_seed: int = 0
 ) -> Dataset:
@@ -66,7 +66,7 @@ def load_glyphs(
     return _load("glyphs", [matplotlib_font_dir()], None, root, image_size, min_fonts, split_seed)
 
 
-@DATASETS.register("glyphs-tiny", ranges=_RANGES)
+@DATASETS.register("glyphs-tiny", ranges=_RANGES, runtime=RUNTIME)
 def load_glyphs_tiny(
     *, root: str | None = None, image_size: int = 32, min_fonts: int = 10, split_seed: int = 0
 ) -> Dataset:
@@ -74,7 +74,7 @@ def load_glyphs_tiny(
     return _load("glyphs-tiny", [matplotlib_font_dir()], ALNUM, root, image_size, min_fonts, split_seed)
 
 
-@DATASETS.register("glyphs-xl", ranges=_RANGES)
+@DATASETS.register("glyphs-xl", ranges=_RANGES, runtime=RUNTIME)
 def load_glyphs_xl(
     *,
     root: str | None = None,

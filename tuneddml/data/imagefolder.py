@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from tuneddml.data import DATASETS
+from tuneddml.data import DATASETS, RUNTIME
 from tuneddml.data.base import Dataset
 from tuneddml.data.files import FileItems, check_images, require_dir
 from tuneddml.data.splits import class_halves
@@ -25,7 +25,7 @@ IMAGE_SUFFIXES = frozenset(
 LAYOUT = "a folder with one sub-folder of images per class (or train/ and test/ folders of such sub-folders)"
 
 
-@DATASETS.register("imagefolder", ranges={"image_size": "[8, 1024]"})
+@DATASETS.register("imagefolder", ranges={"image_size": "[8, 1024]"}, runtime=RUNTIME)
 def load_imagefolder(
     *,
     root: str | None = None,

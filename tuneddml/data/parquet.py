@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from tuneddml.data import DATASETS
+from tuneddml.data import DATASETS, RUNTIME
 from tuneddml.data.base import ArrayItems, Dataset, ItemSet
 from tuneddml.data.files import FileItems, check_images
 from tuneddml.data.splits import class_halves, remap_labels
@@ -29,7 +29,7 @@ from tuneddml.errors import ConfigError
 SPLIT_VALUES = ("train", "test", "query", "gallery")
 
 
-@DATASETS.register("parquet", ranges={"image_size": "[8, 1024]"})
+@DATASETS.register("parquet", ranges={"image_size": "[8, 1024]"}, runtime=RUNTIME)
 def load_parquet(
     *,
     root: str | None = None,

@@ -1,4 +1,9 @@
-"""Losses, built by name from :data:`LOSSES`. Importing this package registers them all."""
+"""Losses, built by name from :data:`LOSSES`. Importing this package registers them all.
+
+A loss is one file: its class (a :class:`~tuneddml.losses.base.BaseLoss` declaring its family,
+terms and balance) registered with its parameter ranges and, optionally, the ranges worth
+searching (``search=``, reused by spaces that name the loss as a branch).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from tuneddml.errors import ConfigError
-from tuneddml.losses.base import BaseLoss
+from tuneddml.losses.base import BaseLoss, EpochContext, check_loss_class
 from tuneddml.registry import Registry
 
-LOSSES: Registry[BaseLoss] = Registry("loss")
+LOSSES: Registry[BaseLoss] = Registry("loss", contract=check_loss_class)
+
+
+def loss_family(name: str) -> str:
+    """``"pair"``, ``"proxy"`` or ``"wrapper"``: what loss ``name`` declares
+    (:attr:`BaseLoss.family`)."""
+    return LOSSES.get(name, "loss").factory.family  # type: ignore[attr-defined]
 
 
 def resolve_miner(loss: str, miner: str) -> str | None:
@@ -18,14 +29,14 @@ def resolve_miner(loss: str, miner: str) -> str | None:
     (``BaseLoss.miner_outputs``)."""
     from tuneddml.sampling import MINERS
 
-    cls = LOSSES.get(loss, "loss").factory
-    outputs: tuple[str, ...] = getattr(cls, "miner_outputs", ())
-    name = getattr(cls, "default_miner", None) if miner == "default" else miner
+    cls: type[BaseLoss] = LOSSES.get(loss, "loss").factory  # type: ignore[assignment]
+    outputs = cls.miner_outputs
+    name = cls.default_miner if miner == "default" else miner
     if name in (None, "none"):
         return None
     if not outputs:
         raise ConfigError("miner", miner, f"default or none: loss {loss!r} takes no miner")
-    suitable = [m for m in MINERS.names() if getattr(MINERS.get(m).factory, "output", None) in outputs]
+    suitable = [m for m in MINERS.names() if MINERS.get(m).factory.output in outputs]  # type: ignore[attr-defined]
     if name not in suitable:
         raise ConfigError("miner", name, ["default", "none", *suitable])
     return name
@@ -75,4 +86,4 @@ def balance_label(name: str) -> str:
 # Registration happens on import of each family's module.
 from tuneddml.losses import _all  # noqa: E402,F401
 
-__all__ = ["LOSSES", "BaseLoss", "balance_label", "build_loss", "resolve_miner"]
+__all__ = ["LOSSES", "BaseLoss", "EpochContext", "balance_label", "build_loss", "loss_family", "resolve_miner"]

@@ -4,15 +4,36 @@ A loss is an ``nn.Module`` whose ``forward(embeddings, labels)`` returns a dict 
 plus ``total``, the weighted sum ``sum_t weights()[t] * terms[t]``. The searcher, MLflow and the
 plots all see the terms by name. Learnable state (proxies, ``beta``, term weights) lives in the
 loss's own parameters; the trainer gives them their own learning rate (``proxy_lr``).
+
+Every loss declares its :attr:`~BaseLoss.family` (``pair``, ``proxy`` or ``wrapper``: the one
+source wrappers read to choose their members), and every loss with a ``lambda`` its
+:class:`Balance`. Before each epoch the trainer calls ``on_epoch_start(epoch, context)`` with an
+:class:`EpochContext`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from torch import nn
+
+Family = Literal["pair", "proxy", "wrapper"]
+FAMILIES: tuple[str, ...] = ("pair", "proxy", "wrapper")
+
+
+@dataclass
+class EpochContext:
+    """What epoch hooks (``on_epoch_start`` of losses and embedding augmenters) may use."""
+
+    epoch: int
+    model: nn.Module
+    train_labels: np.ndarray
+    embed_train: Callable[[np.ndarray], torch.Tensor]  # indices -> normalised embeddings (no grad)
+    device: torch.device
 
 
 @dataclass(frozen=True)
@@ -56,6 +77,10 @@ class Balance:
 class BaseLoss(nn.Module):
     """Base class of all losses: named terms, their weights, and the total."""
 
+    #: ``"pair"``: compares the batch's samples with each other; ``"proxy"``: owns per-class
+    #: vectors in the embedding space (proxies, centres, class weights); ``"wrapper"``: made of
+    #: other losses (never a member of another wrapper). Every registered loss declares it.
+    family: ClassVar[Family]
     #: names of the terms ``forward`` returns, besides ``total``
     term_names: ClassVar[tuple[str, ...]] = ()
     #: the trainer L2-normalises embeddings before the loss unless this is False
@@ -89,9 +114,15 @@ class BaseLoss(nn.Module):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def on_epoch_start(self, epoch: int, context: Any) -> None:
-        """Hook called by the trainer before each epoch (CCP re-initialises proxies here).
+    def on_epoch_start(self, epoch: int, context: EpochContext) -> None:
+        """Hook called by the trainer before each epoch (CCP re-initialises proxies here; LSD takes
+        its teacher): the context gives the model and a function that embeds training samples."""
 
-        ``context`` is a :class:`tuneddml.training.loop.EpochContext` giving access to the model
-        and a function that embeds training samples.
-        """
+
+def check_loss_class(name: str, factory: Any) -> None:
+    """The registry's contract for losses: a :class:`BaseLoss` subclass that declares its family."""
+    if not (isinstance(factory, type) and issubclass(factory, BaseLoss)):
+        raise ValueError(f"loss {name}: a loss is a BaseLoss subclass")
+    family = getattr(factory, "family", None)
+    if family not in FAMILIES:
+        raise ValueError(f"loss {name}: declare family = one of {', '.join(FAMILIES)} (got {family!r})")

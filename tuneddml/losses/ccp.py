@@ -11,7 +11,7 @@ import torch
 
 from tuneddml.errors import ConfigError
 from tuneddml.losses import LOSSES
-from tuneddml.losses.base import BaseLoss
+from tuneddml.losses.base import BaseLoss, Family
 
 
 def farthest_point_picks(points: torch.Tensor, k: int) -> list[int]:
@@ -74,6 +74,7 @@ class ChanceConstrainedProxies(BaseLoss):
     choose ``every`` so that the network has trained before the first re-initialisation.
     """
 
+    family: ClassVar[Family] = "wrapper"
     term_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(

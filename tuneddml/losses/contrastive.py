@@ -9,8 +9,8 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from tuneddml.losses import LOSSES
-from tuneddml.losses._pairs import masks_from_pairs, pair_masks, similarity, zero_like_graph
-from tuneddml.losses.base import Balance, BaseLoss
+from tuneddml.losses.base import Balance, BaseLoss, Family
+from tuneddml.similarity import masks_from_pairs, pair_masks, similarity, zero_like_graph
 
 AGGREGATIONS = ("nonzero", "all", "anchor_sum")
 
@@ -77,6 +77,7 @@ class ContrastiveLoss(BaseLoss):
     moves 0.9 -> 0.97 -> 0.97 -> 0.997 (batch 32, 64, 128, 256).
     """
 
+    family: ClassVar[Family] = "pair"
     term_names: ClassVar[tuple[str, ...]] = ("pos", "neg")
     balance: ClassVar[Balance | None] = Balance(
         "pos", "neg", "pull positive pairs above pos_margin", "push negative pairs below neg_margin"

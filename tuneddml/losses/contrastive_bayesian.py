@@ -8,8 +8,8 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from tuneddml.losses import LOSSES
-from tuneddml.losses._pairs import masked_logsumexp, masks_from_pairs, pair_masks, similarity, zero_like_graph
-from tuneddml.losses.base import Balance, BaseLoss
+from tuneddml.losses.base import Balance, BaseLoss, Family
+from tuneddml.similarity import masked_logsumexp, masks_from_pairs, pair_masks, similarity, zero_like_graph
 
 
 @LOSSES.register(
@@ -62,6 +62,7 @@ class ContrastiveBayesianLoss(BaseLoss):
     ``"constant"`` (no logarithm, with two more weights), is not offered.
     """
 
+    family: ClassVar[Family] = "pair"
     term_names: ClassVar[tuple[str, ...]] = ("pos", "neg", "var")
     balance: ClassVar[Balance | None] = Balance(
         "pos", "neg", "raise the posterior of 'same class' on positive pairs", "lower it on negative pairs"

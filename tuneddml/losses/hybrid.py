@@ -8,14 +8,7 @@ from typing import ClassVar, Literal
 from tuneddml.errors import ConfigError
 from tuneddml.losses import LOSSES
 from tuneddml.losses.base import Balance
-from tuneddml.losses.ensemble import (
-    MemberLoss,
-    WeightedMembers,
-    build_member,
-    is_proxy_loss,
-    member_choices,
-    parse_member,
-)
+from tuneddml.losses.members import MemberLoss, WeightedMembers, build_member, member_choices, parse_member
 
 
 @LOSSES.register("hybrid", ranges={"lam": "[0, 1]"}, runtime=("num_classes", "embedding_size"))
@@ -29,7 +22,7 @@ class HybridLoss(MemberLoss):
     ``(omega_pair, omega_proxy) = 2 softmax(theta)`` (so a learnt ``omega_pair = 2 lambda``, the
     fixed form's scale) and ``weights_reg = -log omega_pair - log omega_proxy >= 0``: Kendall, Gal
     & Cipolla's (CVPR 2018) uncertainty weighting on the simplex, see
-    :class:`tuneddml.losses.ensemble.WeightedMembers`. Both weights stay in ``(0, 2)`` and the
+    :class:`tuneddml.losses.members.WeightedMembers`. Both weights stay in ``(0, 2)`` and the
     total stays ``>= 2 min(L_pair, L_proxy)`` even when a member is negative (SupCon, normsoftmax
     or softtriple with ``lambda > 0.5``); at the optimum ``omega = 1 / (L + mu)``, so the member
     with the larger loss gets the smaller weight.
@@ -42,9 +35,9 @@ class HybridLoss(MemberLoss):
     Parameters:
 
     - ``pair``: a pair-based loss spec, ``name`` or ``name:param=value:...`` (default
-      ``multi_similarity``): any registered loss that is not proxy-based (see
-      :func:`~tuneddml.losses.ensemble.is_proxy_loss`) nor a wrapper;
-    - ``proxy``: a proxy-based loss spec (default ``proxy_anchor``);
+      ``multi_similarity``): any registered loss of family ``pair``
+      (:attr:`~tuneddml.losses.base.BaseLoss.family`), ``pml:`` losses included;
+    - ``proxy``: a proxy-based loss spec (default ``proxy_anchor``), any loss of family ``proxy``;
     - ``lambda`` in [0, 1] (0.5): the share of the pair loss;
     - ``weighting``: ``"fixed"`` (default) or ``"learnable"``.
 
@@ -53,7 +46,6 @@ class HybridLoss(MemberLoss):
     not to the loss, and are not part of this component.
     """
 
-    wraps_losses: ClassVar[bool] = True
     balance: ClassVar[Balance | None] = Balance(
         "pair.", "proxy.", "the pair-based member's terms", "the proxy-based member's terms"
     )
@@ -71,11 +63,10 @@ class HybridLoss(MemberLoss):
         super().__init__()
         pair_name = parse_member(pair, "loss.pair")[0]
         proxy_name = parse_member(proxy, "loss.proxy")[0]
-        choices = member_choices()
-        if pair_name not in choices or is_proxy_loss(pair_name):
-            raise ConfigError("loss.pair", pair, [n for n in choices if not is_proxy_loss(n)])
-        if proxy_name not in choices or not is_proxy_loss(proxy_name):
-            raise ConfigError("loss.proxy", proxy, [n for n in choices if is_proxy_loss(n)])
+        if pair_name not in member_choices("pair"):
+            raise ConfigError("loss.pair", pair, member_choices("pair"))
+        if proxy_name not in member_choices("proxy"):
+            raise ConfigError("loss.proxy", proxy, member_choices("proxy"))
         members = {
             "pair": build_member(pair, "loss.pair", num_classes=num_classes, embedding_size=embedding_size),
             "proxy": build_member(

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from tuneddml.losses import LOSSES
-from tuneddml.losses._pairs import similarity, zero_like_graph
-from tuneddml.losses.base import BaseLoss
-from tuneddml.losses.ensemble import build_member
+from tuneddml.losses.base import BaseLoss, Family
+from tuneddml.losses.members import build_member
+from tuneddml.similarity import similarity, zero_like_graph
 
 
 def listwise_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -92,7 +92,7 @@ class ListwiseSelfDistillation(BaseLoss):
     +0.159, +0.125, +0.182, +0.131, +0.165, +0.188, +0.114, +0.284.
     """
 
-    wraps_losses: ClassVar[bool] = True
+    family: ClassVar[Family] = "wrapper"
 
     def __init__(
         self,

@@ -8,8 +8,8 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from tuneddml.losses import LOSSES
-from tuneddml.losses._pairs import pair_masks, similarity, zero_like_graph
-from tuneddml.losses.base import Balance, BaseLoss
+from tuneddml.losses.base import Balance, BaseLoss, Family
+from tuneddml.similarity import pair_masks, similarity, zero_like_graph
 
 
 def euclidean_distance(embeddings: torch.Tensor) -> torch.Tensor:
@@ -59,6 +59,7 @@ class MarginLoss(BaseLoss):
     ``proxy_lr``); ``reduction`` ``active`` or ``all``.
     """
 
+    family: ClassVar[Family] = "pair"
     term_names: ClassVar[tuple[str, ...]] = ("pos", "neg", "beta_reg")
     balance: ClassVar[Balance | None] = Balance(
         "pos", "neg", "pull positive pairs inside beta - alpha", "push negative pairs beyond beta + alpha"

@@ -8,8 +8,8 @@ from typing import Any, ClassVar
 import torch
 
 from tuneddml.losses import LOSSES
-from tuneddml.losses._pairs import masked_logsumexp, masks_from_pairs, pair_masks, similarity
-from tuneddml.losses.base import Balance, BaseLoss
+from tuneddml.losses.base import Balance, BaseLoss, Family
+from tuneddml.similarity import masked_logsumexp, masks_from_pairs, pair_masks, similarity
 
 
 @LOSSES.register(
@@ -32,6 +32,7 @@ class MultiSimilarityLoss(BaseLoss):
     Defaults are the paper's (``alpha = 2``, ``beta = 50``, ``base = 0.5``).
     """
 
+    family: ClassVar[Family] = "pair"
     term_names: ClassVar[tuple[str, ...]] = ("pos", "neg")
     balance: ClassVar[Balance | None] = Balance(
         "pos", "neg", "pull positives above the threshold base", "push negatives below base"

@@ -10,8 +10,8 @@ from typing import ClassVar
 import torch
 
 from tuneddml.losses import LOSSES
-from tuneddml.losses._pairs import class_similarity, init_proxies
-from tuneddml.losses.base import Balance, BaseLoss
+from tuneddml.losses.base import Balance, BaseLoss, Family
+from tuneddml.similarity import class_similarity, init_proxies
 
 
 @LOSSES.register(
@@ -29,7 +29,7 @@ class NormSoftmaxLoss(BaseLoss):
 
     ``S_ic`` is the cosine similarity of embedding ``e_i`` to the proxy of class ``c`` (with
     ``K = proxies_per_class > 1``, the soft maximum over the class's proxies of
-    :func:`~tuneddml.losses._pairs.class_similarity`, temperature 0.1). With logits
+    :func:`~tuneddml.similarity.class_similarity`, temperature 0.1). With logits
     ``z_ic = S_ic / tau`` and target distribution ``q_i = (1 - eps) onehot(y_i) + eps / C``
     (``eps`` = ``label_smoothing``), the cross-entropy splits as Boudiaf et al. do:
 
@@ -50,6 +50,7 @@ class NormSoftmaxLoss(BaseLoss):
     Wu); ``proxies_per_class`` in [1, 100] (1); ``label_smoothing`` in [0, 1) (0).
     """
 
+    family: ClassVar[Family] = "proxy"
     term_names: ClassVar[tuple[str, ...]] = ("pos", "ent")
     balance: ClassVar[Balance | None] = Balance(
         "pos", "ent", "pull each sample toward its class proxy", "spread it from every class proxy (log-sum-exp)"

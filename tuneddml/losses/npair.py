@@ -8,8 +8,8 @@ from typing import ClassVar
 import torch
 
 from tuneddml.losses import LOSSES
-from tuneddml.losses._pairs import similarity, zero_like_graph
-from tuneddml.losses.base import Balance, BaseLoss
+from tuneddml.losses.base import Balance, BaseLoss, Family
+from tuneddml.similarity import similarity, zero_like_graph
 
 
 def first_pairs(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,6 +48,7 @@ class NPairLoss(BaseLoss):
     ``temperature`` in (0, inf) (0.1).
     """
 
+    family: ClassVar[Family] = "pair"
     term_names: ClassVar[tuple[str, ...]] = ("pos", "ent")
     balance: ClassVar[Balance | None] = Balance(
         "pos", "ent", "pull each anchor toward its positive", "spread it from every other class's positive (log-sum-exp)"

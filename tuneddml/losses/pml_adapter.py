@@ -4,7 +4,10 @@ loss.m=0.4 loss.gamma=80``, ``miner=pml:TripletMarginMiner miner.type_of_triplet
 Active only where ``pytorch_metric_learning`` imports; otherwise this module registers nothing.
 
 - **Losses** go into :data:`~tuneddml.losses.LOSSES` as ``pml:<ClassName>``: a
-  :class:`PmlLoss` holding the pml module, with one term ``pml`` (weight 1) and ``total``. The
+  :class:`PmlLoss` holding the pml module, with one term ``pml`` (weight 1) and ``total``; its
+  family is ``proxy`` when the pml class takes ``num_classes``, ``embedding_size`` or
+  ``descriptors_dim`` (it owns per-class vectors: ProxyAnchor, SoftTriple, ArcFace, ...), else
+  ``pair`` (TripletMargin, Circle, ...). The
   trainer L2-normalises the embeddings first (pml's default distances normalise anyway).
   ``num_classes``, ``embedding_size`` (and P2SGrad's ``descriptors_dim``) are filled in by the
   trial; pml's proxies/weights/``beta`` are parameters of the loss, trained with ``proxy_lr``. A
@@ -47,6 +50,7 @@ import torch
 from tuneddml.errors import ConfigError
 from tuneddml.losses import LOSSES
 from tuneddml.losses.base import BaseLoss
+from tuneddml.sampling.base import Miner
 
 PREFIX = "pml:"
 _DOCS = "https://kevinmusgrave.github.io/pytorch-metric-learning/"
@@ -111,7 +115,7 @@ class PmlLoss(BaseLoss):
         return self.combine({"pml": value.to(embeddings.dtype).reshape(())})
 
 
-class PmlMiner:
+class PmlMiner(Miner):
     """A pytorch-metric-learning miner: ``miner(embeddings, labels)`` returns its index tuple."""
 
     output: ClassVar[str]
@@ -297,7 +301,8 @@ def _register_all() -> None:
             EXCLUDED[name] = str(err)
             continue
         outputs = ("triplets", "pairs") if _takes_indices(cls) else ()
-        attrs = {"runtime_args": runtime, "miner_outputs": outputs}
+        family = "proxy" if runtime else "pair"  # owns per-class vectors iff it takes their shape
+        attrs = {"runtime_args": runtime, "miner_outputs": outputs, "family": family}
         trial_args = ("num_classes", "embedding_size", "miner")
         LOSSES.register(name, runtime=trial_args)(
             _with_signature(PmlLoss, cls, params, hints, trial_args, attrs)

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from tuneddml.losses import LOSSES
-from tuneddml.losses._pairs import class_similarity, init_proxies, masked_logsumexp
-from tuneddml.losses.base import Balance, BaseLoss
+from tuneddml.losses.base import Balance, BaseLoss, Family
+from tuneddml.similarity import class_similarity, init_proxies, masked_logsumexp
 
 
 @LOSSES.register(
@@ -31,7 +31,7 @@ class ProxyAnchorLoss(BaseLoss):
     others, weighting hard samples more (log-sum-exp).
 
     With ``S_ic`` the similarity of sample ``i`` to class ``c`` (its proxies combined by a soft max,
-    see :func:`tuneddml.losses._pairs.class_similarity`; with one proxy, the cosine similarity),
+    see :func:`tuneddml.similarity.class_similarity`; with one proxy, the cosine similarity),
     ``X_c+`` the samples of class ``c`` in the batch and ``X_c-`` the others, ``P+`` the classes
     present in the batch and ``C`` the number of classes:
 
@@ -43,6 +43,7 @@ class ProxyAnchorLoss(BaseLoss):
     temperature of the soft max over a class's proxies (used only with ``proxies_per_class > 1``).
     """
 
+    family: ClassVar[Family] = "proxy"
     term_names: ClassVar[tuple[str, ...]] = ("pos", "neg")
     balance: ClassVar[Balance | None] = Balance(
         "pos", "neg", "pull each present class's samples toward its proxy", "push other samples away from every proxy"

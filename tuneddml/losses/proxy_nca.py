@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from tuneddml.losses import LOSSES
-from tuneddml.losses._pairs import class_similarity, init_proxies, masked_logsumexp
-from tuneddml.losses.base import Balance, BaseLoss
+from tuneddml.losses.base import Balance, BaseLoss, Family
+from tuneddml.similarity import class_similarity, init_proxies, masked_logsumexp
 
 
 @LOSSES.register(
@@ -29,7 +29,7 @@ class ProxyNCALoss(BaseLoss):
     Neighbourhood component analysis against learned class proxies.
 
     With ``S_ic`` the similarity of sample ``i`` to class ``c`` (its proxies combined by a soft max,
-    see :func:`tuneddml.losses._pairs.class_similarity`), ``y_i`` its class and ``scale`` the
+    see :func:`tuneddml.similarity.class_similarity`), ``y_i`` its class and ``scale`` the
     inverse temperature:
 
     - ``pos`` = ``-mean_i scale * S_{i y_i}``;
@@ -42,6 +42,7 @@ class ProxyNCALoss(BaseLoss):
     train better on cosine similarity.
     """
 
+    family: ClassVar[Family] = "proxy"
     term_names: ClassVar[tuple[str, ...]] = ("pos", "neg")
     balance: ClassVar[Balance | None] = Balance(
         "pos", "neg", "pull each sample toward its class proxy", "push it away from the other proxies (log-sum-exp)"

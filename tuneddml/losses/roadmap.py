@@ -9,8 +9,8 @@ from typing import ClassVar
 import torch
 
 from tuneddml.losses import LOSSES
-from tuneddml.losses._pairs import pair_masks, reduce, similarity, zero_like_graph
-from tuneddml.losses.base import Balance, BaseLoss
+from tuneddml.losses.base import Balance, BaseLoss, Family
+from tuneddml.similarity import pair_masks, reduce, similarity, zero_like_graph
 
 
 def upper_step(t: torch.Tensor, tau: float, rho: float, delta: float) -> torch.Tensor:
@@ -91,6 +91,7 @@ class RoadmapLoss(BaseLoss):
     at ``delta``, as written in the paper.
     """
 
+    family: ClassVar[Family] = "pair"
     term_names: ClassVar[tuple[str, ...]] = ("ap", "dec")
     balance: ClassVar[Balance | None] = Balance(
         "dec", "ap", "the decomposability term: positives above pos_margin, negatives below neg_margin", "the smooth-rank AP term"

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from tuneddml.losses import LOSSES
-from tuneddml.losses._pairs import class_similarity, init_proxies
-from tuneddml.losses.base import Balance, BaseLoss
+from tuneddml.losses.base import Balance, BaseLoss, Family
+from tuneddml.similarity import class_similarity, init_proxies
 
 
 def center_spread(proxies: torch.Tensor, proxies_per_class: int) -> torch.Tensor:
@@ -67,6 +67,7 @@ class SoftTripleLoss(BaseLoss):
     ``proxies_per_class`` ``K`` in [1, 100] (10).
     """
 
+    family: ClassVar[Family] = "proxy"
     term_names: ClassVar[tuple[str, ...]] = ("pos", "ent", "reg")
     balance: ClassVar[Balance | None] = Balance(
         "pos", "ent", "pull each sample toward its class's centres", "spread it from every class (log-sum-exp)"

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from tuneddml.losses import LOSSES
-from tuneddml.losses._pairs import pair_masks, similarity, zero_like_graph
-from tuneddml.losses.base import BaseLoss
+from tuneddml.losses.base import BaseLoss, Family
+from tuneddml.similarity import pair_masks, similarity, zero_like_graph
 
 
 def ranking_statistics(
@@ -95,6 +95,7 @@ class StochasticAPLoss(BaseLoss):
     pooled items); ``semivar_weight`` >= 0 (0: off).
     """
 
+    family: ClassVar[Family] = "pair"
     term_names: ClassVar[tuple[str, ...]] = ("ap", "semivar")
 
     def __init__(

@@ -9,8 +9,8 @@ from typing import ClassVar, Literal
 import torch
 
 from tuneddml.losses import LOSSES
-from tuneddml.losses._pairs import masked_logsumexp, pair_masks, similarity, zero_like_graph
-from tuneddml.losses.base import Balance, BaseLoss
+from tuneddml.losses.base import Balance, BaseLoss, Family
+from tuneddml.similarity import masked_logsumexp, pair_masks, similarity, zero_like_graph
 
 
 @LOSSES.register("supcon", ranges={"lam": "[0, 1]", "temperature": "(0, inf)"})
@@ -38,6 +38,7 @@ class SupConLoss(BaseLoss):
     sum_{j != i} exp(s_ij / tau))``.
     """
 
+    family: ClassVar[Family] = "pair"
     term_names: ClassVar[tuple[str, ...]] = ("pos", "ent")
     balance: ClassVar[Balance | None] = Balance(
         "pos", "ent", "pull each anchor toward its positives", "spread it from every other sample (log-sum-exp)"

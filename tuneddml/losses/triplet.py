@@ -8,8 +8,8 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from tuneddml.losses import LOSSES
-from tuneddml.losses._pairs import all_triplets, similarity, zero_like_graph
-from tuneddml.losses.base import BaseLoss
+from tuneddml.losses.base import BaseLoss, Family
+from tuneddml.similarity import all_triplets, similarity, zero_like_graph
 
 
 @LOSSES.register("triplet", ranges={"margin": "[0, 2]"}, runtime=("miner",))
@@ -26,6 +26,7 @@ class TripletLoss(BaseLoss):
     weight: the loss has a single term (the margin sets how hard it pushes).
     """
 
+    family: ClassVar[Family] = "pair"
     term_names: ClassVar[tuple[str, ...]] = ("triplet",)
     miner_outputs: ClassVar[tuple[str, ...]] = ("triplets",)
     default_miner: ClassVar[str | None] = "semihard"

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from tuneddml.losses import LOSSES
-from tuneddml.losses._pairs import init_proxies
-from tuneddml.losses.base import Balance, BaseLoss
+from tuneddml.losses.base import Balance, BaseLoss, Family
+from tuneddml.similarity import init_proxies
 
 #: bounds of the proxies' log-concentrations (a runaway concentration would make the loss blow up)
 LOG_CONCENTRATION_RANGE = (-5.0, 10.0)
@@ -139,6 +139,7 @@ class VMFProxiesLoss(BaseLoss):
     grades certainty less (a likely reason, not measured apart).
     """
 
+    family: ClassVar[Family] = "proxy"
     term_names: ClassVar[tuple[str, ...]] = ("pos", "ent")
     balance: ClassVar[Balance | None] = Balance(
         "pos", "ent", "raise the likelihood of each sample's own class proxy", "spread it over every class proxy (log-sum-exp)"

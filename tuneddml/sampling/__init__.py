@@ -1,21 +1,26 @@
 """The "sampler" axis of a search: batch samplers (:data:`SAMPLERS`), in-batch miners
 (:data:`MINERS`) and embedding-space augmentation (:data:`EMBEDDING_AUGMENTERS`).
 
-An embedding augmenter is an ``nn.Module`` called as ``aug(embeddings, labels) -> (embeddings,
-labels)`` between the model and the loss during training only (it may add synthetic embeddings
-and their labels); it may define ``on_epoch_start(epoch, context)`` like a loss.
+Their contracts (base classes, which the registries check at import) are in
+:mod:`tuneddml.sampling.base`. Importing this package registers every component.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from tuneddml.registry import Registry
+from tuneddml.sampling.base import (
+    BatchSampler,
+    EmbeddingAugmenter,
+    Miner,
+    check_augmenter_class,
+    check_miner_class,
+    check_sampler_class,
+)
 
-SAMPLERS: Registry[Any] = Registry("sampler")
-MINERS: Registry[Any] = Registry("miner")
-EMBEDDING_AUGMENTERS: Registry[Any] = Registry("embedding_aug")
+SAMPLERS: Registry[BatchSampler] = Registry("sampler", contract=check_sampler_class)
+MINERS: Registry[Miner] = Registry("miner", contract=check_miner_class)
+EMBEDDING_AUGMENTERS: Registry[EmbeddingAugmenter] = Registry("embedding_aug", contract=check_augmenter_class)
 
 from tuneddml.sampling import _all  # noqa: E402,F401
 
-__all__ = ["EMBEDDING_AUGMENTERS", "MINERS", "SAMPLERS"]
+__all__ = ["EMBEDDING_AUGMENTERS", "MINERS", "SAMPLERS", "BatchSampler", "EmbeddingAugmenter", "Miner"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from tuneddml.errors import ConfigError
 from tuneddml.sampling import EMBEDDING_AUGMENTERS
+from tuneddml.sampling.base import EmbeddingAugmenter
 
 
 @EMBEDDING_AUGMENTERS.register(
@@ -23,7 +23,7 @@ from tuneddml.sampling import EMBEDDING_AUGMENTERS
     },
     runtime=("num_classes", "embedding_size"),
 )
-class DenselyAnchoredSampling(nn.Module):
+class DenselyAnchoredSampling(EmbeddingAugmenter):
     """Densely anchored sampling: synthetic embeddings around each real one (DFS + MTS).
 
     Adds ``num_produce`` synthetic copies of the batch, each real embedding ``e`` (class ``y``)

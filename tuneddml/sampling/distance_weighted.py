@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from tuneddml.errors import ConfigError
 from tuneddml.sampling import MINERS
+from tuneddml.sampling.base import Miner
 
 
 def log_inverse_density(distance: torch.Tensor, dim: int) -> torch.Tensor:
@@ -24,7 +25,7 @@ def log_inverse_density(distance: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 @MINERS.register("distance_weighted", ranges={"cutoff": "(0, 2)", "nonzero_loss_cutoff": "(0, 2]"})
-class DistanceWeightedMiner:
+class DistanceWeightedMiner(Miner):
     """Samples one negative per (anchor, positive) pair, with probability inversely proportional
     to how common its distance is on the hypersphere; returns triplets ``(a, p, n)``.
 

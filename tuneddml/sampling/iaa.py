@@ -4,14 +4,17 @@ Correction for Deep Metric Learning", IEEE Transactions on Multimedia 2022, arXi
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from tuneddml.sampling import EMBEDDING_AUGMENTERS
+from tuneddml.sampling.base import EmbeddingAugmenter
+
+if TYPE_CHECKING:  # type only: the loss interface owns the epoch context
+    from tuneddml.losses.base import EpochContext
 
 # Classes with at least this many samples keep their own variance estimate (the authors' code).
 _FEW = 40
@@ -60,7 +63,7 @@ def class_moments(
     },
     runtime=("num_classes", "embedding_size"),
 )
-class IntraClassAdaptiveAugmentation(nn.Module):
+class IntraClassAdaptiveAugmentation(EmbeddingAugmenter):
     """Intra-class adaptive augmentation: synthetic samples drawn from each class's variation.
 
     Synthesises ``num_synthetic`` samples per real embedding from its class's own variation:
@@ -192,7 +195,7 @@ class IntraClassAdaptiveAugmentation(nn.Module):
         w = self.correction_weight[labels, None]
         return (1 - w) * self.var[labels] + w * self.prior_var[labels]
 
-    def on_epoch_start(self, epoch: int, context: Any) -> None:
+    def on_epoch_start(self, epoch: int, context: EpochContext) -> None:
         self.epoch = epoch
         labels = np.asarray(context.train_labels)
         sizes = np.bincount(labels, minlength=self.num_classes)[: self.num_classes]

@@ -1,14 +1,5 @@
-"""In-batch miners: which triplets or pairs of a batch a loss looks at.
-
-A miner is called as ``miner(embeddings, labels)`` on L2-normalised embeddings (cosine
-similarity ``s_ij``) and returns index tensors, never gradients:
-
-- ``output = "triplets"``: ``(anchor, positive, negative)``;
-- ``output = "pairs"``: ``(a1, p, a2, n)``, the positive pairs ``(a1, p)`` and negative pairs
-  ``(a2, n)``.
-
-A loss declares which outputs it can use (``BaseLoss.miner_outputs``).
-"""
+"""In-batch miners: which triplets or pairs of a batch a loss looks at (the contract, and the
+two output kinds, are :class:`~tuneddml.sampling.base.Miner`'s)."""
 
 from __future__ import annotations
 
@@ -16,8 +7,9 @@ from typing import ClassVar
 
 import torch
 
-from tuneddml.losses._pairs import pair_masks, similarity
 from tuneddml.sampling import MINERS
+from tuneddml.sampling.base import Miner
+from tuneddml.similarity import pair_masks, similarity
 
 Triplets = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 Pairs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -30,7 +22,7 @@ def _triplet_mask(labels: torch.Tensor) -> torch.Tensor:
 
 
 @MINERS.register("all_triplets")
-class AllTriplets:
+class AllTriplets(Miner):
     """Every triplet ``(a, p, n)`` of the batch."""
 
     output: ClassVar[str] = "triplets"
@@ -45,7 +37,7 @@ class AllTriplets:
 
 
 @MINERS.register("semihard", ranges={"margin": "(0, 2]"})
-class SemiHard:
+class SemiHard(Miner):
     """Semi-hard triplets (FaceNet): negatives less similar than the positive, by under ``margin``.
 
     Schroff et al., CVPR 2015: ``s_ap - margin < s_an < s_ap``.
@@ -71,7 +63,7 @@ class SemiHard:
 
 
 @MINERS.register("hard")
-class BatchHard:
+class BatchHard(Miner):
     """Batch-hard triplets: per anchor, its least similar positive and most similar negative.
 
     Hermans, Beyer & Leibe, "In Defense of the Triplet Loss", 2017. Anchors without a positive or
@@ -94,7 +86,7 @@ class BatchHard:
 
 
 @MINERS.register("multi_similarity", ranges={"epsilon": "[0, 2]"})
-class MultiSimilarityMiner:
+class MultiSimilarityMiner(Miner):
     """Multi-similarity pair mining (Wang et al., CVPR 2019): pairs hard relative to the other kind.
 
     - a negative pair ``(i, n)`` is kept if ``s_in > min_{p in P(i)} s_ip - epsilon``;

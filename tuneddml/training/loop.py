@@ -20,8 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tuneddml.config import TrialConfig
+from tuneddml.config import DATASET_RUNTIME, TrialConfig
 from tuneddml.errors import ConfigError, TrialDiverged
+from tuneddml.losses.base import EpochContext
+from tuneddml.sampling.base import EmbeddingAugmenter
 
 
 @dataclass
@@ -57,17 +59,6 @@ class TrialResult:
     seconds: float = 0.0
 
 
-@dataclass
-class EpochContext:
-    """What ``BaseLoss.on_epoch_start`` hooks may use."""
-
-    epoch: int
-    model: torch.nn.Module
-    train_labels: np.ndarray
-    embed_train: Callable[[np.ndarray], torch.Tensor]  # indices -> normalised embeddings (no grad)
-    device: torch.device
-
-
 Reporter = Callable[[EpochReport, "Trainer"], None]
 
 
@@ -101,11 +92,8 @@ class Trainer:
         self.device = resolve_device(config.device)
         seed_everything(config.seed)
 
-        dataset = DATASETS.build(
-            config.dataset,
-            {"root": config.data_root, "image_size": config.image_size, **config.dataset_params},
-            field="dataset",
-        )
+        runtime = {arg: getattr(config, top) for arg, top in DATASET_RUNTIME.items()}
+        dataset = DATASETS.build(config.dataset, config.dataset_params, field="dataset", **runtime)
         self.data = make_split(
             dataset, split=config.split, num_folds=config.num_folds, fold=config.fold, seed=config.fold_seed
         )
@@ -126,7 +114,7 @@ class Trainer:
             miner=config.miner,
             miner_params=config.miner_params,
         ).to(self.device)
-        self.embedding_aug: torch.nn.Module | None = None
+        self.embedding_aug: EmbeddingAugmenter | None = None
         if config.embedding_aug != "none":
             self.embedding_aug = EMBEDDING_AUGMENTERS.build(
                 config.embedding_aug,
@@ -177,8 +165,7 @@ class Trainer:
         self.loss.on_epoch_start(epoch, context)
         if self.embedding_aug is not None:
             self.embedding_aug.train()
-            if hasattr(self.embedding_aug, "on_epoch_start"):
-                self.embedding_aug.on_epoch_start(epoch, context)
+            self.embedding_aug.on_epoch_start(epoch, context)
         sums: dict[str, float] = {}
         steps = 0
         train = self.data.train
@@ -191,8 +178,7 @@ class Trainer:
             with self._autocast():
                 emb = self.model(x)
             emb = emb.float()
-            if hasattr(self.sampler, "observe"):  # samplers that build batches from embeddings
-                self.sampler.observe(indices, F.normalize(emb.detach(), dim=1))
+            self.sampler.observe(indices, F.normalize(emb.detach(), dim=1))
             if self.loss.expects_normalized:
                 emb = F.normalize(emb, dim=1)
             if self.embedding_aug is not None:
@@ -278,7 +264,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "loss": self.loss.state_dict(),
             "embedding_aug": self.embedding_aug.state_dict() if self.embedding_aug is not None else None,
-            "sampler": self.sampler.state_dict() if hasattr(self.sampler, "state_dict") else None,
+            "sampler": self.sampler.state_dict() or None,
             "optimizer": self.optimizer.state_dict(),
             "rng": self.rng.bit_generator.state,
             "generator": self.generator.get_state(),
@@ -292,7 +278,7 @@ class Trainer:
         self.loss.load_state_dict(state["loss"])
         if self.embedding_aug is not None:
             self.embedding_aug.load_state_dict(state["embedding_aug"])
-        if state.get("sampler") is not None and hasattr(self.sampler, "load_state_dict"):
+        if state.get("sampler") is not None:
             self.sampler.load_state_dict(state["sampler"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.rng.bit_generator.state = state["rng"]

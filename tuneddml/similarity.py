@@ -1,4 +1,7 @@
-"""Shared pieces of pair- and proxy-based losses.
+"""Cosine similarities, pair masks and their reductions: the maths that losses and miners share.
+
+Losses (:mod:`tuneddml.losses`) and in-batch miners (:mod:`tuneddml.sampling.miners`) both read
+pairs and triplets off a batch; this module sits below both, so neither imports the other for it.
 
 Notation as in METHODS.md: ``e`` the (L2-normalised) embeddings, ``s_ij = e_i . e_j`` their cosine
 similarity, ``P(i)`` the positives of anchor ``i`` in the batch (same label, ``j != i``), ``N(i)``
