@@ -6,7 +6,7 @@ import math
 import pytest
 from searcher_helpers import BOWL, bowl, drive, space_from_text
 
-from tuneddml.searchers.coordinate_descent import FINISHED, CoordinateDescent
+from tuneddml.searchers.coordinate_descent import FINISHED, CoordinateDescent, CoordinateDescentOptions
 from tuneddml.searchers.space import config_key
 
 CONDITIONAL = """
@@ -63,7 +63,9 @@ def test_categorical_that_matters_and_conditions(tmp_path):
 
 def test_respects_bounds_and_types(tmp_path):
     space = space_from_text(tmp_path, BOWL)
-    core = CoordinateDescent(space, seed=0, max_trials=150, initial_step=1.0, min_step=0.01)
+    core = CoordinateDescent(
+        space, seed=0, max_trials=150, options=CoordinateDescentOptions(initial_step=1.0, min_step=0.01)
+    )
     history = drive(core, lambda c: c["x"] + c["k"] - c["lr"])  # optimum at a corner: pushes on the bounds
     assert len(history) > 20
     for _, config, _ in history:
@@ -91,7 +93,7 @@ def test_stops_when_nothing_moves(tmp_path):
 
 def test_budget_is_exact_and_lines_run_in_parallel(tmp_path):
     space = space_from_text(tmp_path, BOWL)
-    core = CoordinateDescent(space, seed=0, max_trials=7, line_points=4)
+    core = CoordinateDescent(space, seed=0, max_trials=7, options=CoordinateDescentOptions(line_points=4))
     first = [core.ask() for _ in range(5)]
     assert all(isinstance(g, tuple) for g in first)  # the start point and a line of 4, before any result
     assert first[0][1] == {"x": -4.0, "lr": 0.05, "k": 2}
@@ -190,6 +192,6 @@ def test_telling_an_unknown_trial_is_an_error(tmp_path):
 def test_bad_options_are_refused(tmp_path):
     space = space_from_text(tmp_path, BOWL)
     with pytest.raises(ValueError):
-        CoordinateDescent(space, shrink=1.5)
+        CoordinateDescent(space, options=CoordinateDescentOptions(shrink=1.5))
     with pytest.raises(ValueError):
-        CoordinateDescent(space, min_step=0.5, initial_step=0.25)
+        CoordinateDescent(space, options=CoordinateDescentOptions(min_step=0.5, initial_step=0.25))

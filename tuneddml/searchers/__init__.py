@@ -1,7 +1,9 @@
 """Search spaces and searchers.
 
-:data:`SEARCHERS` names every searcher a space or ``--searcher`` may choose;
-:func:`make_ray_searcher` builds the Ray Tune search algorithm for one. Ray and Optuna are
+:data:`SEARCHERS` names every searcher a space or ``--searcher`` may choose: each registers itself
+in its own module (an ask/tell core such as :mod:`.coordinate_descent`, or a factory of a Ray
+Tune search algorithm such as :mod:`.optuna_searchers`); :func:`make_ray_searcher` builds the Ray
+Tune search algorithm for one, wrapping a core in the ask/tell adapter. Ray and Optuna are
 imported only when a searcher is built.
 """
 
@@ -9,33 +11,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuneddml.errors import ConfigError
+from tuneddml.registry import Registry
 
-#: name -> one-line description
-SEARCHERS: dict[str, str] = {
-    "balance": "explore, race the loss families by successive halving, refine each by coordinate "
-    "descent with coupled coordinates revisited and noise-aware moves",
-    "coordinate_descent": "one coordinate at a time, a line of points in parallel, shrinking steps "
-    "(Sors et al. 2021)",
-    "tpe": "Optuna's tree-structured Parzen estimator (Bayesian)",
-    "cmaes": "Optuna's CMA-ES on the numeric keys (needs the cmaes package), random on the others",
-    "random": "uniform random sampling on each key's scale (Optuna's RandomSampler)",
-    "grid": "every combination of a few points per range and every choice, within the budget",
-}
+#: what a searcher's factory may take (each takes the ones it names): the space, the metric and
+#: mode, the seed, the trials at once and the budget (``max_trials`` for an ask/tell core)
+SEARCH_RUNTIME = ("space", "metric", "mode", "seed", "max_concurrent", "num_samples")
+CORE_RUNTIME = ("space", "seed", "mode", "max_trials", "options")
+
+SEARCHERS: Registry[Any] = Registry("searcher")
 
 
 def check_searcher(name: str) -> None:
     """Raise ConfigError unless searcher ``name`` exists and can run here (call before Ray starts)."""
-    if name not in SEARCHERS:
-        raise ConfigError("--searcher", name, list(SEARCHERS))
-    if name == "cmaes":
-        import importlib.util
-
-        if importlib.util.find_spec("cmaes") is None:
-            others = ", ".join(n for n in SEARCHERS if n != "cmaes")
-            raise ConfigError(
-                "--searcher", name, f"an installed cmaes package (pip install cmaes), or one of {others}"
-            )
+    SEARCHERS.available(name, "--searcher")
 
 
 def make_ray_searcher(
@@ -52,42 +40,35 @@ def make_ray_searcher(
 
     Every searcher proposes the flat searched keys only (the driver's ``param_space`` carries the
     fixed ones). Coordinate descent, TPE, CMA-ES and random all evaluate the space's start point
-    first (balance: every family's start point), so they compare from the same place; grid spends ``num_samples`` on a grid. The budget
-    ``num_samples`` also bounds coordinate descent and the balance search (which sizes its exploration
-by it) and sizes the grid. ``max_concurrent`` is
+    first (balance: every family's start point), so they compare from the same place; grid spends
+    ``num_samples`` on a grid. The budget ``num_samples`` also bounds coordinate descent and the
+    balance search (which sizes its exploration by it) and sizes the grid. ``max_concurrent`` is
     enforced by Tune's ``max_concurrent_trials``; here it only turns on TPE's "constant liar" for
     parallel trials. Call :func:`check_searcher` before Ray starts to refuse a bad name early.
     """
+    from tuneddml.searchers.core import is_core
+
     check_searcher(name)
-    if name == "balance":
-        from tuneddml.searchers.ray_searcher import BalanceSearchRay
-
-        return BalanceSearchRay(space, metric=metric, mode=mode, seed=seed, max_trials=num_samples)
-    if name == "coordinate_descent":
-        from tuneddml.searchers.ray_searcher import CoordinateDescentSearch
-
-        return CoordinateDescentSearch(space, metric=metric, mode=mode, seed=seed, max_trials=num_samples)
-    if name == "grid":
-        from tuneddml.searchers.grid import GridSearch
+    built = SEARCHERS.build(
+        name,
+        {},
+        field="--searcher",
+        space=space,
+        metric=metric,
+        mode=mode,
+        seed=seed,
+        max_concurrent=max_concurrent,
+        num_samples=num_samples,
+        max_trials=num_samples,
+    )
+    if is_core(built):
         from tuneddml.searchers.ray_searcher import AskTellSearcher
 
-        return AskTellSearcher(
-            GridSearch(space, seed=seed, mode=mode, max_trials=num_samples), metric=metric, mode=mode
-        )
+        return AskTellSearcher(built, metric=metric, mode=mode)
+    return built
 
-    import optuna
 
-    from tuneddml.searchers.ray_searcher import SpaceOptunaSearch
+# Registration happens on import of each searcher's module.
+from tuneddml.searchers import _all  # noqa: E402,F401
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if name == "tpe":
-        # a short budget: fewer random start-up trials than Optuna's default 10
-        startup = 10 if num_samples is None else max(2, min(10, num_samples // 4))
-        sampler: Any = optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=startup, constant_liar=max_concurrent > 1
-        )
-    elif name == "cmaes":
-        sampler = optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    else:
-        sampler = optuna.samplers.RandomSampler(seed=seed)
-    return SpaceOptunaSearch(space, metric=metric, mode=mode, sampler=sampler)
+__all__ = ["CORE_RUNTIME", "SEARCHERS", "SEARCH_RUNTIME", "check_searcher", "make_ray_searcher"]

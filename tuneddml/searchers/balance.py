@@ -47,6 +47,7 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from tuneddml.searchers import CORE_RUNTIME, SEARCHERS
 from tuneddml.searchers.coordinate_descent import FINISHED, Ask, score_of
 from tuneddml.searchers.space import SearchSpace, config_key
 
@@ -78,6 +79,12 @@ def family_coordinate(space: SearchSpace) -> str | None:
     return next((d.name for d in space.domains if not d.numeric and d.key in depended), None)
 
 
+@SEARCHERS.register(
+    "balance",
+    runtime=CORE_RUNTIME,
+    summary="explore, race the loss families by successive halving, refine each by coordinate "
+    "descent with coupled coordinates revisited and noise-aware moves",
+)
 class BalanceSearch:
     """Ask/tell balance search; see the module docstring for the algorithm."""
 

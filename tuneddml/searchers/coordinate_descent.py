@@ -32,26 +32,36 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from tuneddml.searchers import CORE_RUNTIME, SEARCHERS
+from tuneddml.searchers.core import FINISHED, Ask, score_of
 from tuneddml.searchers.space import SearchSpace, config_key
 
-FINISHED: Literal["FINISHED"] = "FINISHED"  # the same string as ray.tune.search.Searcher.FINISHED
-
-Ask = tuple[str, dict[str, Any]] | Literal["FINISHED"] | None
+__all__ = ["FINISHED", "Ask", "CoordinateDescent", "CoordinateDescentOptions", "score_of"]
 
 
-def score_of(value: Any, mode: str) -> float | None:
-    """A result as a score to maximise; None for a failed or diverged trial."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    if not math.isfinite(x):
-        return None
-    return x if mode == "max" else -x
+@dataclass(frozen=True)
+class CoordinateDescentOptions:
+    """The knobs of coordinate descent (see the module docstring), in one place for the core and
+    its Ray and Optuna adapters."""
+
+    line_points: int = 4  # points per line, handed out together
+    initial_step: float = 0.25  # on the unit scale of each numeric domain
+    shrink: float = 0.5  # a line without gain multiplies the step by this
+    min_step: float = 1 / 32  # a line at this step without gain settles the coordinate
+
+    def check(self) -> None:
+        if self.line_points < 1 or not 0 < self.shrink < 1 or not 0 < self.min_step <= self.initial_step <= 1:
+            raise ValueError("need line_points >= 1, 0 < shrink < 1 and 0 < min_step <= initial_step <= 1")
 
 
+@SEARCHERS.register(
+    "coordinate_descent",
+    runtime=CORE_RUNTIME,
+    summary="one coordinate at a time, a line of points in parallel, shrinking steps (Sors et al. 2021)",
+)
 class CoordinateDescent:
     """Ask/tell coordinate descent; see the module docstring for the algorithm."""
 
@@ -62,25 +72,22 @@ class CoordinateDescent:
         seed: int = 0,
         mode: Literal["max", "min"] | None = None,
         max_trials: int | None = None,
-        line_points: int = 4,
-        initial_step: float = 0.25,
-        shrink: float = 0.5,
-        min_step: float = 1 / 32,
+        options: CoordinateDescentOptions | None = None,
     ) -> None:
-        if line_points < 1 or not 0 < shrink < 1 or not 0 < min_step <= initial_step <= 1:
-            raise ValueError("need line_points >= 1, 0 < shrink < 1 and 0 < min_step <= initial_step <= 1")
+        self.options = options or CoordinateDescentOptions()
+        self.options.check()
         self.space = space
         self.seed = seed
         self.mode = mode or space.mode
         self.max_trials = max_trials
-        self.line_points = line_points
-        self.initial_step = initial_step
-        self.shrink = shrink
-        self.min_step = min_step
+        self.line_points = self.options.line_points
+        self.initial_step = self.options.initial_step
+        self.shrink = self.options.shrink
+        self.min_step = self.options.min_step
         self._names = [d.name for d in space.domains]
         self._domains = {d.name: d for d in space.domains}
         self._point = space.start_point()  # the incumbent: a value for every domain
-        self._steps = {d.name: initial_step for d in space.domains if d.numeric}
+        self._steps = {d.name: self.initial_step for d in space.domains if d.numeric}
         self._settled: dict[str, int] = {}  # coordinate -> incumbent version it was settled at
         self._version = 0  # bumped on every move
         self._cycle = 0
@@ -259,15 +266,7 @@ class CoordinateDescent:
         """Everything needed to continue the search, as JSON-serialisable data."""
         return {
             "names": self._names,
-            "options": {
-                "seed": self.seed,
-                "mode": self.mode,
-                "max_trials": self.max_trials,
-                "line_points": self.line_points,
-                "initial_step": self.initial_step,
-                "shrink": self.shrink,
-                "min_step": self.min_step,
-            },
+            "options": {"seed": self.seed, "mode": self.mode, "max_trials": self.max_trials, **asdict(self.options)},
             "point": self._point,
             "steps": self._steps,
             "settled": self._settled,
@@ -285,7 +284,10 @@ class CoordinateDescent:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["names"] != self._names:
             raise ValueError(f"state of a different space: {state['names']} != {self._names}")
-        for key, value in state["options"].items():
+        options = dict(state["options"])
+        self.seed, self.mode, self.max_trials = options.pop("seed"), options.pop("mode"), options.pop("max_trials")
+        self.options = CoordinateDescentOptions(**options)
+        for key, value in options.items():
             setattr(self, key, value)
         self._point, self._steps, self._settled = (
             dict(state["point"]),

@@ -15,10 +15,16 @@ from __future__ import annotations
 import random
 from typing import Any, Literal
 
-from tuneddml.searchers.coordinate_descent import FINISHED, Ask, score_of
+from tuneddml.searchers import CORE_RUNTIME, SEARCHERS
+from tuneddml.searchers.core import FINISHED, Ask, score_of
 from tuneddml.searchers.space import SearchSpace, config_key
 
 
+@SEARCHERS.register(
+    "grid",
+    runtime=CORE_RUNTIME,
+    summary="every combination of a few points per range and every choice, within the budget",
+)
 class GridSearch:
     """Hands out the grid's configs in order, then :data:`FINISHED`."""
 

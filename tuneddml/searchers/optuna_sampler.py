@@ -29,7 +29,7 @@ from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from tuneddml.searchers.balance import BalanceOptions, BalanceSearch
-from tuneddml.searchers.coordinate_descent import CoordinateDescent
+from tuneddml.searchers.coordinate_descent import CoordinateDescent, CoordinateDescentOptions
 from tuneddml.searchers.space import Domain, SearchSpace
 
 
@@ -137,22 +137,14 @@ class CoordinateDescentSampler(AskTellSampler):
         *,
         seed: int | None = None,
         max_trials: int | None = None,
-        line_points: int = 4,
-        initial_step: float = 0.25,
-        shrink: float = 0.5,
-        min_step: float = 1 / 32,
+        options: CoordinateDescentOptions | None = None,
     ) -> None:
         super().__init__(space, seed=seed)
-        self._options = {
-            "max_trials": max_trials,
-            "line_points": line_points,
-            "initial_step": initial_step,
-            "shrink": shrink,
-            "min_step": min_step,
-        }
+        self.max_trials = max_trials
+        self.options = options
 
     def make_core(self, mode: str) -> CoordinateDescent:
-        return CoordinateDescent(self.space, mode=mode, seed=self.seed, **self._options)  # type: ignore[arg-type]
+        return CoordinateDescent(self.space, mode=mode, seed=self.seed, max_trials=self.max_trials, options=self.options)  # type: ignore[arg-type]
 
 
 class BalanceSampler(AskTellSampler):

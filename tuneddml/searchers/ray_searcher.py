@@ -143,23 +143,11 @@ class CoordinateDescentSearch(AskTellSearcher):
         mode: str | None = None,
         seed: int = 0,
         max_trials: int | None = None,
-        line_points: int = 4,
-        initial_step: float = 0.25,
-        shrink: float = 0.5,
-        min_step: float = 1 / 32,
+        options: Any = None,
     ) -> None:
         from tuneddml.searchers.coordinate_descent import CoordinateDescent
 
-        core = CoordinateDescent(
-            space,
-            seed=seed,
-            mode=mode,
-            max_trials=max_trials,
-            line_points=line_points,
-            initial_step=initial_step,
-            shrink=shrink,
-            min_step=min_step,
-        )
+        core = CoordinateDescent(space, seed=seed, mode=mode, max_trials=max_trials, options=options)
         super().__init__(core, metric=metric, mode=mode)
 
 

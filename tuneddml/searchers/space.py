@@ -29,119 +29,28 @@ Each distribution is one :class:`Domain`; searchers move on the unit interval ``
 
 from __future__ import annotations
 
-import json
-import math
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-KINDS = ("uniform", "loguniform", "int", "choice")
-MODES = ("max", "min")
-SCHEDULERS = ("asha", "fifo")
-DEFAULT_METRIC = "map_at_r"
+from tuneddml.errors import ConfigError
+from tuneddml.searchers.domain import KINDS, Domain, config_key, tidy
+from tuneddml.searchers.space_file import DEFAULT_METRIC, display_path, find_space, list_spaces, read_space
+
+__all__ = [
+    "KINDS",
+    "Domain",
+    "SearchSpace",
+    "check_values",
+    "config_key",
+    "list_spaces",
+    "load_space",
+    "tidy",
+]
 
 Validator = Callable[[dict[str, Any]], Any]
-
-
-def tidy(x: float) -> float:
-    """Round away float noise (``0.7250000000000001``) so equal points compare and print equal."""
-    return float(f"{x:.10g}")
-
-
-@dataclass(frozen=True)
-class Domain:
-    """One distribution of one config key (one variant, when the key has several)."""
-
-    key: str  # the flat TrialConfig key, e.g. "loss.lambda"
-    name: str  # unique within the space: the key, or "key@i" for the i-th variant
-    kind: str  # one of KINDS
-    low: float = 0.0
-    high: float = 1.0
-    log: bool = False
-    choices: tuple[Any, ...] = ()
-    start: Any = None
-    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
-
-    @property
-    def numeric(self) -> bool:
-        return self.kind != "choice"
-
-    def active(self, config: Mapping[str, Any]) -> bool:
-        """Whether every condition holds for the (partial) config built so far."""
-        return all(k in config and _member(config[k], values) for k, values in self.when)
-
-    def contains(self, value: Any) -> bool:
-        if self.kind == "choice":
-            return _member(value, self.choices)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            return False
-        if self.kind == "int" and not float(value).is_integer():
-            return False
-        return self.low <= value <= self.high
-
-    def to_unit(self, value: Any) -> float:
-        if self.log:
-            return (math.log(value) - math.log(self.low)) / (math.log(self.high) - math.log(self.low))
-        return (value - self.low) / (self.high - self.low)
-
-    def from_unit(self, u: float) -> Any:
-        u = min(1.0, max(0.0, u))
-        if self.log:
-            x = math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))
-        else:
-            x = self.low + u * (self.high - self.low)
-        if self.kind == "int":
-            return int(min(self.high, max(self.low, round(x))))
-        return tidy(min(self.high, max(self.low, x)))
-
-    def default_start(self) -> Any:
-        return self.choices[0] if self.kind == "choice" else self.from_unit(0.5)
-
-    def sample(self, rng: random.Random) -> Any:
-        if self.kind == "choice":
-            return self.choices[rng.randrange(len(self.choices))]
-        if self.kind == "int":
-            if not self.log:
-                return rng.randint(int(self.low), int(self.high))
-            # equal mass per integer's share of the log range [lo - 1/2, hi + 1/2)
-            lo, hi = math.log(self.low - 0.5 if self.low > 0.5 else self.low), math.log(self.high + 0.5)
-            return int(min(self.high, max(self.low, round(math.exp(rng.uniform(lo, hi))))))
-        return self.from_unit(rng.random())
-
-    def grid(self, n: int) -> list[Any]:
-        """``n`` points at the centres of ``n`` equal cells of the (log) range; every choice."""
-        if self.kind == "choice":
-            return list(self.choices)
-        values = [self.from_unit((i + 0.5) / n) for i in range(n)]
-        return list(dict.fromkeys(values))
-
-    def extremes(self) -> list[Any]:
-        """The values worth validating: every choice, or low, high and start."""
-        if self.kind == "choice":
-            return list(self.choices)
-        kind = int if self.kind == "int" else float
-        return list(dict.fromkeys([kind(self.low), kind(self.high), self.start]))
-
-    def suggest(self, trial: Any) -> Any:
-        """Ask an Optuna trial (or Ray's captor of one) for this domain's value, under its name:
-        Optuna needs one distribution per parameter name, and variants of a key differ."""
-        if self.kind == "choice":
-            return trial.suggest_categorical(self.name, list(self.choices))
-        if self.kind == "int":
-            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
-        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
-
-
-def _member(value: Any, values: tuple[Any, ...]) -> bool:
-    # 1 == True in Python; a bool choice must not match an int value, nor the reverse
-    return any(value == v and isinstance(value, bool) == isinstance(v, bool) for v in values)
-
-
-def config_key(config: Mapping[str, Any]) -> str:
-    """A canonical text for a config: the cache key of searchers."""
-    return json.dumps(dict(config), sort_keys=True, default=str)
 
 
 @dataclass(frozen=True, eq=False)
@@ -246,8 +155,6 @@ class SearchSpace:
     def validate_overrides(self, fixed: Mapping[str, Any], validate: Validator | None = None) -> None:
         """Check the space's points merged over ``fixed`` (the space's ``fixed`` plus command-line
         overrides): a key may not be both fixed and searched."""
-        from tuneddml.searchers.space_file import check_values
-
         check_values(self, dict(fixed), validate, where=self.fixed)
 
     def representative_configs(self) -> list[dict[str, Any]]:
@@ -278,20 +185,55 @@ class SearchSpace:
 
 
 def load_space(name_or_path: str | Path, *, validate: Validator | None = None) -> SearchSpace:
-    """Load and validate a space by name (``search_spaces/NAME.yaml``) or path.
+    """Load and validate a space by name (a shipped ``search_spaces/NAME.yaml``) or path.
 
     ``validate(flat)`` checks one trial config (flat keys) and raises ConfigError; the default is
     :meth:`tuneddml.config.TrialConfig.from_flat`. Every error names the file and the key.
     """
-    from tuneddml.searchers.space_file import check_values, find_space, parse_space
-
-    space = parse_space(find_space(name_or_path))
+    path = find_space(name_or_path)
+    space = SearchSpace(**read_space(path))
     check_values(space, space.fixed, validate, where=space.fixed)
     return space
 
 
-def list_spaces() -> list[str]:
-    """Names of the shipped spaces."""
-    from tuneddml.searchers.space_file import space_dirs
+def check_values(
+    space: SearchSpace, fixed: Mapping[str, Any], validate: Validator | None, *, where: Mapping[str, Any]
+) -> None:
+    """Run ``validate`` on the space's representative configs merged over ``fixed``; re-raise its
+    errors with the file and the key. ``where``: the keys that came from the file's ``fixed``
+    (others came from the command line)."""
+    if validate is None:
+        from tuneddml.config import TrialConfig
 
-    return sorted({p.stem for d in space_dirs() for p in d.glob("*.yaml")})
+        validate = TrialConfig.from_flat
+    file = display_path(space.path) if space.path else space.name
+    for key in fixed:
+        if key in space.parameters:
+            raise ConfigError(
+                key, fixed[key], f"a key that {file} does not search (it is one of its parameters)"
+            )
+    for d in space.domains:
+        point = space.start_point()
+        if not space.activate(point, d):
+            raise ConfigError(
+                f"{file}: parameters.{d.key}.when", dict(d.when), "conditions that can all hold"
+            )
+    start = space.config_of(space.start_point())
+    for config in space.representative_configs():
+        try:
+            validate({**fixed, **config})
+        except ConfigError as exc:
+            key = exc.field
+            if key in space.parameters:
+                located = f"{file}: parameters.{key}"
+            elif key in where and where[key] == fixed.get(key):
+                located = f"{file}: fixed.{key}"
+            elif key in fixed:
+                located = key  # set or changed on the command line
+            else:
+                located = f"{file}: {key}"
+            differs = {k: v for k, v in config.items() if start.get(k) != v}
+            at = ", ".join(f"{k}={v}" for k, v in (differs or config).items())
+            at = at if differs else f"the start point {at}"
+            expected = f"{exc.expected}; checked at {at}" if exc.expected else f"checked at {at}"
+            raise ConfigError(located, exc.value, expected) from None

@@ -1,4 +1,5 @@
-"""Reading and checking space files (the format is described in :mod:`tuneddml.searchers.space`).
+"""Reading space files and checking their structure (the format is described in
+:mod:`tuneddml.searchers.space`, which also checks their values against the trial config).
 
 Every error is a :class:`~tuneddml.errors.ConfigError` whose field names the file and the key,
 e.g. ``search_spaces/x.yaml: parameters.loss.lambda``, with the valid choices.
@@ -14,16 +15,10 @@ from typing import Any
 
 import tuneddml
 from tuneddml.errors import ConfigError
-from tuneddml.searchers.space import (
-    DEFAULT_METRIC,
-    KINDS,
-    MODES,
-    SCHEDULERS,
-    Domain,
-    SearchSpace,
-    Validator,
-    config_key,
-)
+from tuneddml.searchers.domain import KINDS, Domain, config_key
+
+MODES = ("max", "min")
+DEFAULT_METRIC = "map_at_r"
 
 TOP_KEYS = ("description", "metric", "mode", "searcher", "num_samples", "scheduler", "fixed", "parameters")
 DOMAIN_KEYS = (*KINDS, "log", "start", "when")
@@ -51,8 +46,6 @@ def find_space(name_or_path: str | Path) -> Path:
         candidate = folder / f"{text}.yaml"
         if candidate.is_file():
             return candidate
-    from tuneddml.searchers.space import list_spaces
-
     raise ConfigError("--space", text, f"a path to a .yaml file or one of {', '.join(list_spaces())}")
 
 
@@ -63,8 +56,14 @@ def display_path(path: Path) -> str:
         return str(path)
 
 
-def parse_space(path: Path) -> SearchSpace:
-    """Read the file and check its structure (not yet the values against the trial config)."""
+def list_spaces() -> list[str]:
+    """Names of the shipped spaces."""
+    return sorted({p.stem for d in space_dirs() for p in d.glob("*.yaml")})
+
+
+def read_space(path: Path) -> dict[str, Any]:
+    """Read the file and check its structure (not yet the values against the trial config): the
+    fields of a :class:`~tuneddml.searchers.space.SearchSpace`."""
     import yaml
 
     where = display_path(path)
@@ -79,6 +78,7 @@ def parse_space(path: Path) -> SearchSpace:
             raise ConfigError(f"{where}: {key}", data[key], TOP_KEYS)
 
     from tuneddml.searchers import SEARCHERS
+    from tuneddml.searchers.schedulers import SCHEDULERS
 
     def choose(key: str, default: str, valid: Any) -> str:
         value = data.get(key, default)
@@ -116,18 +116,18 @@ def parse_space(path: Path) -> SearchSpace:
             for i, (name, v) in enumerate(zip(names, variants))
         )
         _check_variants(parameters[key], field)
-    return SearchSpace(
-        name=path.stem,
-        path=path,
-        description=str(data.get("description") or ""),
-        metric=metric,
-        mode=choose("mode", "max", MODES),
-        searcher=choose("searcher", "coordinate_descent", SEARCHERS),
-        num_samples=num_samples,
-        scheduler=choose("scheduler", "asha", SCHEDULERS),
-        fixed=dict(fixed),
-        parameters=parameters,
-    )
+    return {
+        "name": path.stem,
+        "path": path,
+        "description": str(data.get("description") or ""),
+        "metric": metric,
+        "mode": choose("mode", "max", MODES),
+        "searcher": choose("searcher", "coordinate_descent", SEARCHERS),
+        "num_samples": num_samples,
+        "scheduler": choose("scheduler", "asha", SCHEDULERS),
+        "fixed": dict(fixed),
+        "parameters": parameters,
+    }
 
 
 def _number(value: Any, field: str, expected: str) -> float:
@@ -238,46 +238,3 @@ def _check_variants(variants: tuple[Domain, ...], field: str) -> None:
         f"{len(variants)} variants",
         "variants whose `when` exclude each other (disjoint values of one common key)",
     )
-
-
-def check_values(
-    space: SearchSpace, fixed: Mapping[str, Any], validate: Validator | None, *, where: Mapping[str, Any]
-) -> None:
-    """Run ``validate`` on the space's representative configs merged over ``fixed``; re-raise its
-    errors with the file and the key. ``where``: the keys that came from the file's ``fixed``
-    (others came from the command line)."""
-    if validate is None:
-        from tuneddml.config import TrialConfig
-
-        validate = TrialConfig.from_flat
-    file = display_path(space.path) if space.path else space.name
-    for key in fixed:
-        if key in space.parameters:
-            raise ConfigError(
-                key, fixed[key], f"a key that {file} does not search (it is one of its parameters)"
-            )
-    for d in space.domains:
-        point = space.start_point()
-        if not space.activate(point, d):
-            raise ConfigError(
-                f"{file}: parameters.{d.key}.when", dict(d.when), "conditions that can all hold"
-            )
-    start = space.config_of(space.start_point())
-    for config in space.representative_configs():
-        try:
-            validate({**fixed, **config})
-        except ConfigError as exc:
-            key = exc.field
-            if key in space.parameters:
-                located = f"{file}: parameters.{key}"
-            elif key in where and where[key] == fixed.get(key):
-                located = f"{file}: fixed.{key}"
-            elif key in fixed:
-                located = key  # set or changed on the command line
-            else:
-                located = f"{file}: {key}"
-            differs = {k: v for k, v in config.items() if start.get(k) != v}
-            at = ", ".join(f"{k}={v}" for k, v in (differs or config).items())
-            at = at if differs else f"the start point {at}"
-            expected = f"{exc.expected}; checked at {at}" if exc.expected else f"checked at {at}"
-            raise ConfigError(located, exc.value, expected) from None
