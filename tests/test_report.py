@@ -224,8 +224,9 @@ def test_parent_runs_from_table_with_explicit_uri():
 
 
 def test_reads_the_table_the_search_driver_writes(tmp_path, capsys):
-    """Contract with tuneddml.tuning.driver.write_results (mixed-type columns become strings there)."""
-    from tuneddml.tuning.driver import write_results
+    """Contract with tuneddml.results.write_results, which the driver writes with (mixed-type columns
+    become strings there)."""
+    from tuneddml.results import write_results
 
     rows = trial_rows("cb-tpe", "tpe", 7, seed=5)
     for row in rows:  # keys absent for a trial are missing from its row, as the driver builds them

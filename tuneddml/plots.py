@@ -1,4 +1,4 @@
-"""The report's figures, drawn from a results frame (one row per trial, see :mod:`tuneddml.report`).
+"""The report's figures, drawn from a results frame (one row per trial: :mod:`tuneddml.results.schema`).
 
 Three views of a search, each a function ``plot_*(frame, path, *, metric, mode) -> Path | None``
 that returns ``None`` when the view does not apply (no loss with a ``lambda``, no varied parameter,
@@ -33,42 +33,15 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-LAMBDA = "config.loss.lambda"
+from tuneddml.results import CONFIG, config_column, scores, varied_params
+
+LAMBDA = config_column("loss.lambda")
 # Second axis of the landscape, in order of preference (Sors et al. plot lambda against these).
 SECOND_AXES = ("temperature", "margin", "neg_margin", "pos_margin", "proxy_temperature", "alpha", "scale")
 MAX_PARALLEL_AXES = 14
 NA_POSITION = -0.14
 DPI = 110
 FAILED_COLOR = "0.62"
-
-
-def score_column(frame: pd.DataFrame, metric: str) -> str | None:
-    """The column that ranks trials: ``best.<metric>``, else ``metric.<metric>`` (last epoch)."""
-    for column in (f"best.{metric}", f"metric.{metric}"):
-        if column in frame.columns:
-            return column
-    return None
-
-
-def scores(frame: pd.DataFrame, metric: str) -> pd.Series:
-    """The search metric of every trial as floats, NaN where a trial has none."""
-    column = score_column(frame, metric)
-    if column is None:
-        return pd.Series(np.nan, index=frame.index, dtype=float)
-    return pd.to_numeric(frame[column], errors="coerce").astype(float)
-
-
-def varied_params(frame: pd.DataFrame) -> list[str]:
-    """``config.*`` columns holding more than one distinct value; ``config.loss`` first."""
-    varied = []
-    for column in frame.columns:
-        if not column.startswith("config."):
-            continue
-        values = frame[column].dropna()
-        if values.map(repr).nunique() > 1:
-            varied.append(column)
-    varied.sort(key=lambda c: (c != "config.loss", not c.startswith("config.loss."), c))
-    return varied
 
 
 def _is_numeric(values: pd.Series) -> bool:
@@ -120,8 +93,8 @@ def _log_scale(values: pd.Series) -> bool:
 
 def _second_axis(rows: pd.DataFrame) -> str | None:
     """The loss parameter drawn against lambda: the first of SECOND_AXES that varies in ``rows``."""
-    candidates = [f"config.loss.{name}" for name in SECOND_AXES]
-    candidates += sorted(c for c in rows.columns if c.startswith("config.loss.") and c not in candidates)
+    candidates = [config_column(f"loss.{name}") for name in SECOND_AXES]
+    candidates += sorted(c for c in rows.columns if c.startswith(config_column("loss.")) and c not in candidates)
     for column in candidates:
         if column == LAMBDA or column not in rows.columns:
             continue
@@ -134,10 +107,11 @@ def _second_axis(rows: pd.DataFrame) -> str | None:
 def plot_balance_landscape(frame: pd.DataFrame, path: Path, *, metric: str, mode: str) -> Path | None:
     """One panel per loss that has ``lambda``: lambda x temperature (or margin), coloured by the metric."""
     from tuneddml.losses import balance_label  # the loss registry (and torch) only when drawn
-    if LAMBDA not in frame.columns or "config.loss" not in frame.columns:
+    loss_column = config_column("loss")
+    if LAMBDA not in frame.columns or loss_column not in frame.columns:
         return None
     with_lambda = frame[pd.to_numeric(frame[LAMBDA], errors="coerce").notna()]
-    losses = sorted(str(loss) for loss in with_lambda["config.loss"].dropna().unique())
+    losses = sorted(str(loss) for loss in with_lambda[loss_column].dropna().unique())
     if not losses:
         return None
     score = scores(frame, metric)
@@ -147,14 +121,14 @@ def plot_balance_landscape(frame: pd.DataFrame, path: Path, *, metric: str, mode
     figure = _new_figure(4.4 * columns + 1.0, 3.7 * rows + 0.4)
     axes = figure.subplots(rows, columns, squeeze=False)
     for ax, loss in zip(axes.flat, losses):
-        sub = with_lambda[with_lambda["config.loss"].astype(str) == loss]
+        sub = with_lambda[with_lambda[loss_column].astype(str) == loss]
         x = pd.to_numeric(sub[LAMBDA], errors="coerce").astype(float)
         value = score.loc[sub.index]
         ok = value.notna()
         y_column = _second_axis(sub)
         if y_column is not None:
             y = pd.to_numeric(sub[y_column], errors="coerce").astype(float)
-            ax.set_ylabel(y_column.removeprefix("config.loss."))
+            ax.set_ylabel(y_column.removeprefix(config_column("loss.")))
             if _log_scale(y):
                 ax.set_yscale("log")
         else:
@@ -276,7 +250,7 @@ def plot_parallel_coordinates(frame: pd.DataFrame, path: Path, *, metric: str, m
     if not params:
         return None
     score = scores(frame, metric)
-    columns: Sequence[tuple[str, pd.Series]] = [(p.removeprefix("config."), frame[p]) for p in params]
+    columns: Sequence[tuple[str, pd.Series]] = [(p.removeprefix(CONFIG), frame[p]) for p in params]
     columns = [*columns, (metric, score)]
     axes_data = [_axis_positions(values) for _, values in columns]
     norm, cmap = _norm(score), _colors(mode)

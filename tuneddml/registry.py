@@ -320,14 +320,19 @@ def runtime_specs(
             if arg in ranges:
                 raise ValueError(f"{where}: a range for runtime argument {arg!r}, which has no default")
             continue
-        kind, choices, optional = _kind_of(hints.get(arg), p.default)
-        if kind not in (bool, int, float, str):
-            continue
+        hint = hints.get(arg)
+        plain = typing.get_args(hint) if typing.get_origin(hint) in _UNIONS else (hint,)
+        if not any(h in (bool, int, float, str) or typing.get_origin(h) is Literal for h in plain):
+            continue  # an object (a searcher's options, a miner): not described as a parameter
+        kind, choices, optional = _kind_of(hint, p.default)
         interval = Interval.parse(ranges.pop(arg)) if arg in ranges else None
         specs.append(ParamSpec(arg, arg, p.default, kind, choices, interval, optional))
     if ranges:
         raise ValueError(f"{where}: ranges given for unknown runtime arguments {sorted(ranges)}")
     return tuple(specs)
+
+
+_UNIONS = (typing.Union, getattr(__import__("types"), "UnionType", None))
 
 
 def _kind_of(hint: Any, default: Any) -> tuple[type, tuple[Any, ...] | None, bool]:

@@ -6,11 +6,9 @@ per trial), prints the best trials and the best trial per loss, and draws the fi
 With a tracking URI (``--tracking-uri``, or ``tracking_uri`` in the search folder's ``search.json``)
 the images are logged as artifacts (folder ``report/``) of each search's MLflow parent run.
 
-Columns read (written by :mod:`tuneddml.tuning.driver`): ``search``, ``space``, ``searcher``,
-``metric``, ``mode`` (max|min), ``trial_id``, ``order`` (0-based start order), ``status`` (finished,
-stopped_early, diverged, failed), ``epochs``, ``seconds``, ``mlflow_run_id``, ``parent_run_id``,
-``config.<key>`` (null where a trial lacks the key), ``metric.<name>`` (last epoch) and
-``best.<metric>`` (best value of the search metric over the trial's epochs).
+The table's columns are :mod:`tuneddml.results.schema`'s; it is read with
+:func:`tuneddml.results.load_results`. The report only presents: it computes nothing the driver
+has not written.
 
 Searches run with several searchers on one space compare best when given together: the best-so-far
 figure then has one line per search. Bad input exits with code 2 and one line.
@@ -24,7 +22,6 @@ import math
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,158 +31,27 @@ import pyarrow.fs as pafs
 
 from tuneddml.cli import guarded
 from tuneddml.errors import ConfigError
-from tuneddml.plots import PLOTS, score_column, scores, varied_params
+from tuneddml.plots import PLOTS
+from tuneddml.results import (
+    BEST,
+    CONFIG,
+    METRIC,
+    REPORT_FOLDER,
+    RESULTS_FILE,
+    RUNS_FOLDER,
+    SEARCH_FILE,
+    Results,
+    Source,
+    config_column,
+    find_results,
+    load_results,
+    most_common,
+    score_column,
+    scores,
+    varied_params,
+)
 
-DEFAULT_STORAGE = "tuneddml_runs"
-RESULTS_FILE = "results.parquet"
-ARTIFACT_PATH = "report"
-
-
-@dataclass(frozen=True)
-class Location:
-    """A file or folder, local or remote (``s3://``, ``gs://``, ``file://``: whatever pyarrow.fs reads)."""
-
-    fs: pafs.FileSystem
-    path: str
-    prefix: str = ""  # the ``scheme://`` a remote location is shown with; empty for a local path
-
-    @classmethod
-    def parse(cls, text: str | os.PathLike, field: str = "RESULTS") -> Location:
-        text = str(text)
-        if "://" in text:
-            try:
-                fs, path = pafs.FileSystem.from_uri(text)
-            except (pa.ArrowException, OSError, ValueError) as exc:
-                raise ConfigError(field, text, f"a readable location ({exc})") from None
-            return cls(fs, path.rstrip("/"), text[: text.index("://") + 3])
-        return cls(pafs.LocalFileSystem(), str(Path(text).expanduser().resolve()))
-
-    @property
-    def local(self) -> Path | None:
-        return Path(self.path) if not self.prefix else None
-
-    def child(self, name: str) -> Location:
-        return Location(self.fs, f"{self.path}/{name}", self.prefix)
-
-    def kind(self) -> pafs.FileType:
-        try:
-            return self.fs.get_file_info(self.path).type
-        except (OSError, pa.ArrowException):
-            return pafs.FileType.NotFound
-
-    def parent(self) -> Location:
-        return Location(self.fs, self.path.rsplit("/", 1)[0], self.prefix)
-
-    def searches(self) -> list[Location]:
-        """Results files of the search folders directly under this folder."""
-        try:
-            infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
-        except (OSError, pa.ArrowException):
-            return []
-        found = [
-            Location(self.fs, i.path, self.prefix).child(RESULTS_FILE)
-            for i in infos
-            if i.type == pafs.FileType.Directory
-        ]
-        return sorted((f for f in found if f.kind() == pafs.FileType.File), key=str)
-
-    def __str__(self) -> str:
-        return f"{self.prefix}{self.path}"
-
-
-Source = str | os.PathLike | Location | pa.Table | pd.DataFrame
-
-
-@dataclass
-class Results:
-    """All trials of the searches read, with the search metric and where each search lives."""
-
-    frame: pd.DataFrame
-    metric: str
-    mode: str
-    folders: list[Location] = field(default_factory=list)
-
-
-# ---------------------------------------------------------------------------------------- reading
-def find_results(
-    paths: Sequence[str | os.PathLike], *, storage: str | os.PathLike | None = None, name: str | None = None
-) -> list[Location]:
-    """Results files named by ``paths`` (files or search folders) or, without paths, under ``storage``."""
-    storage_at = Location.parse(storage or DEFAULT_STORAGE, "--storage")
-    found: list[Location] = []
-    for item in paths:
-        at = Location.parse(item)
-        if at.kind() == pafs.FileType.File:
-            found.append(at)
-        elif at.child(RESULTS_FILE).kind() == pafs.FileType.File:
-            found.append(at.child(RESULTS_FILE))
-        elif at.kind() == pafs.FileType.Directory and at.searches():
-            found.extend(at.searches())
-        else:
-            raise ConfigError("RESULTS", str(item), f"a {RESULTS_FILE} file or a search folder holding one")
-    if name is not None:
-        candidate = storage_at.child(name).child(RESULTS_FILE)
-        if candidate.kind() != pafs.FileType.File:
-            choices = [s.parent().path.rsplit("/", 1)[-1] for s in storage_at.searches()]
-            raise ConfigError("--name", name, choices or f"a search under {storage_at} with a {RESULTS_FILE}")
-        found.append(candidate)
-    if not paths and name is None:
-        found = storage_at.searches()
-        if not found:
-            raise ConfigError(
-                "--storage", str(storage_at), f"a folder of searches, each with a {RESULTS_FILE}"
-            )
-    return list({str(f): f for f in found}.values())
-
-
-def read_table(at: Location) -> pa.Table:
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.read_table(at.path, filesystem=at.fs)
-    except (OSError, pa.ArrowException) as exc:
-        raise ConfigError("RESULTS", str(at), f"a readable Parquet results table ({exc})") from None
-
-
-def _frame(source: Source) -> tuple[pd.DataFrame, Location | None]:
-    if isinstance(source, pd.DataFrame):
-        return source.copy(), None
-    if isinstance(source, pa.Table):
-        return source.to_pandas(), None
-    at = source if isinstance(source, Location) else Location.parse(source)
-    return read_table(at).to_pandas(), at.parent()
-
-
-def _most_common(frame: pd.DataFrame, column: str) -> str | None:
-    if column not in frame.columns or frame[column].dropna().empty:
-        return None
-    return str(frame[column].dropna().astype(str).mode().iloc[0])
-
-
-def load_results(sources: Iterable[Source], *, metric: str | None = None) -> Results:
-    """Stack the trials of every source (results files, pyarrow Tables or DataFrames)."""
-    frames, folders = [], []
-    for source in sources:
-        frame, folder = _frame(source)
-        if folder is not None:
-            folders.append(folder)
-        frames.append(frame)
-    frames = [f for f in frames if len(f.columns)]
-    if not frames:
-        raise ConfigError("RESULTS", "", "at least one results table")
-    frame = pd.concat(frames, ignore_index=True, sort=False)
-    if frame.empty:
-        raise ConfigError("RESULTS", ", ".join(map(str, folders)) or "table", "a results table with trials")
-    metric = metric or _most_common(frame, "metric")
-    if metric is None:
-        found = sorted(c.split(".", 1)[1] for c in frame.columns if c.startswith("best."))
-        if not found:
-            raise ConfigError("RESULTS", "table", "a results table with a 'metric' or 'best.<metric>' column")
-        metric = found[0]
-    mode = _most_common(frame, "mode") or "max"
-    if mode not in ("max", "min"):
-        raise ConfigError("mode", mode, ("max", "min"))
-    return Results(frame, metric, mode, folders)
+__all__ = ["find_results", "load_results", "log_report", "main", "make_report", "parent_runs", "print_report"]
 
 
 # ---------------------------------------------------------------------------------------- ranking
@@ -199,12 +65,10 @@ def sort_column(results: Results, sort: str | None) -> str:
                 "RESULTS", results.metric, f"a best.{results.metric} or metric.{results.metric} column"
             )
         return column
-    for candidate in (sort, f"best.{sort}", f"metric.{sort}", f"config.{sort}"):
+    for candidate in (sort, f"{BEST}{sort}", f"{METRIC}{sort}", f"{CONFIG}{sort}"):
         if candidate in columns:
             return candidate
-    sortable = [
-        c for c in columns if c.startswith(("best.", "metric.", "config.")) or c in ("seconds", "epochs")
-    ]
+    sortable = [c for c in columns if c.startswith((BEST, METRIC, CONFIG)) or c in ("seconds", "epochs")]
     raise ConfigError("--sort", sort, sortable)
 
 
@@ -232,22 +96,21 @@ def _trial(row: pd.Series, column: str, params: Sequence[str]) -> dict[str, Any]
     keys = ("trial_id", "search", "searcher", "status", "mlflow_run_id")
     return {
         **{k: row.get(k) for k in keys},
-        "loss": row.get("config.loss"),
+        "loss": row.get(config_column("loss")),
         "value": None if _missing(value) else value,
         "params": {
-            c.removeprefix("config."): row[c]
-            for c in params
-            if c != "config.loss" and not _missing(row.get(c))
+            c.removeprefix(CONFIG): row[c] for c in params if c != config_column("loss") and not _missing(row.get(c))
         },
     }
 
 
 def best_per_loss(results: Results, column: str) -> list[tuple[str, int, pd.Series]]:
     """``(loss, trials of that loss, best row)`` for every loss, best loss first."""
-    if "config.loss" not in results.frame.columns:
+    loss = config_column("loss")
+    if loss not in results.frame.columns:
         return []
     order = ranked(results, column)
-    groups = order.groupby(order["config.loss"].astype(str), sort=False)
+    groups = order.groupby(order[loss].astype(str), sort=False)
     return [(str(loss), len(group), group.iloc[0]) for loss, group in groups]
 
 
@@ -261,8 +124,8 @@ def search_summaries(results: Results) -> list[dict[str, Any]]:
         out.append(
             {
                 "search": str(search),
-                "searcher": _most_common(group, "searcher"),
-                "space": _most_common(group, "space"),
+                "searcher": most_common(group, "searcher"),
+                "space": most_common(group, "space"),
                 "trials": len(group),
                 "statuses": {str(k): int(v) for k, v in statuses.items()},
                 "best": None
@@ -357,10 +220,10 @@ def default_out_dir(results: Results, storage: str | os.PathLike | None) -> Path
         names = {f.path.rsplit("/", 1)[-1] for f in results.folders}
         return Path(f"report-{names.pop()}" if len(names) == 1 else "report").resolve()
     if len(local) == 1:
-        return local[0] / "report"
+        return local[0] / REPORT_FOLDER
     if local:
-        return Path(os.path.commonpath(local)) / "report"
-    return Path(storage or DEFAULT_STORAGE) / "report"
+        return Path(os.path.commonpath(local)) / REPORT_FOLDER
+    return Path(storage or RUNS_FOLDER) / REPORT_FOLDER
 
 
 # ---------------------------------------------------------------------------------------- MLflow
@@ -368,14 +231,14 @@ def parent_runs(results: Results, tracking_uri: str | None) -> list[tuple[str, s
     """``(tracking URI, parent run id)`` of every search, from ``search.json`` or the table."""
     targets: dict[tuple[str, str], None] = {}
     for folder in results.folders:
-        meta_file = folder.child("search.json")
+        meta_file = folder.child(SEARCH_FILE)
         if meta_file.kind() != pafs.FileType.File:
             continue
         try:
             with meta_file.fs.open_input_stream(meta_file.path) as stream:
                 meta = json.loads(stream.read().decode())
         except (OSError, ValueError, pa.ArrowException) as exc:
-            raise ConfigError("search.json", str(meta_file), f"readable JSON ({exc})") from None
+            raise ConfigError(SEARCH_FILE, str(meta_file), f"readable JSON ({exc})") from None
         uri, run_id = tracking_uri or meta.get("tracking_uri"), meta.get("parent_run_id")
         if uri and run_id:
             targets[(str(uri), str(run_id))] = None
@@ -389,25 +252,11 @@ def log_report(paths: Sequence[Path], targets: Sequence[tuple[str, str]]) -> lis
     """Log ``paths`` under ``report/`` in each parent run; returns the run ids logged to."""
     if not paths or not targets:
         return []
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from tuneddml.tracking.mlflow_store import check_tracking_uri
+    from tuneddml.tracking import SearchRun
 
     logged = []
     for uri, run_id in targets:
-        check_tracking_uri(uri)
-        client = MlflowClient(tracking_uri=uri)
-        try:
-            client.get_run(run_id)
-            for path in paths:
-                client.log_artifact(run_id, str(path), artifact_path=ARTIFACT_PATH)
-        except MlflowException as exc:
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ConfigError(
-                "--tracking-uri", uri, f"a tracking store holding run {run_id} ({message})"
-            ) from None
+        SearchRun.attach(uri, run_id).log_files(paths, REPORT_FOLDER)
         logged.append(run_id)
     return logged
 
@@ -421,7 +270,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="RESULTS",
         help=f"{RESULTS_FILE} files or search folders (default: every search under --storage)",
     )
-    p.add_argument("--storage", help=f"folder of searches (default: ./{DEFAULT_STORAGE})")
+    p.add_argument("--storage", help=f"folder of searches (default: ./{RUNS_FOLDER})")
     p.add_argument("--name", help="a search under --storage, by name")
     p.add_argument("--out", help="folder for the PNGs (default: <search folder>/report)")
     p.add_argument("--top", type=int, default=10, help="best trials to list (default: 10)")
@@ -456,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {path}", file=out)
         logged = log_report(written, parent_runs(results, args.tracking_uri))
         if logged:
-            print(f"logged to MLflow run(s) {', '.join(logged)} under {ARTIFACT_PATH}/", file=out)
+            print(f"logged to MLflow run(s) {', '.join(logged)} under {REPORT_FOLDER}/", file=out)
     if args.json:
         summary.update(files=[str(f) for f in files], figures=[str(p) for p in written], logged_to=logged)
         print(json.dumps(summary, default=_json_default), flush=True)

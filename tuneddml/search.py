@@ -14,15 +14,20 @@ import sys
 from collections.abc import Sequence
 
 from tuneddml.cli import format_duration, format_values, guarded, parse_overrides
+from tuneddml.results import RUNS_FOLDER
 
 
 def _parser() -> argparse.ArgumentParser:
+    from tuneddml.searchers import SEARCHERS
+    from tuneddml.searchers.schedulers import SCHEDULERS
+    from tuneddml.searchers.space import list_spaces
+
     p = argparse.ArgumentParser(prog="python -m tuneddml.search", description=__doc__.split("\n")[0])
     p.add_argument(
-        "--space", required=True, help="a shipped space name (see --list) or a path to a YAML file"
+        "--space", required=True, help=f"a shipped space ({', '.join(list_spaces())}) or a path to a YAML file"
     )
-    p.add_argument("--searcher", help="coordinate_descent, tpe, cmaes, random or grid (default: the space's)")
-    p.add_argument("--scheduler", help="asha (early stopping) or fifo (default: the space's)")
+    p.add_argument("--searcher", help=f"{', '.join(SEARCHERS.names())} (default: the space's)")
+    p.add_argument("--scheduler", help=f"{', '.join(SCHEDULERS.names())} (default: the space's)")
     p.add_argument("--num-samples", type=int, help="budget: number of trials (default: the space's)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: CPUs / --cpus-per-trial)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
@@ -30,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="join a running Ray cluster (auto or HOST:PORT); default: a local Ray")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
     p.add_argument(
-        "--storage", help="folder for Ray results, checkpoints and results tables (default: ./tuneddml_runs)"
+        "--storage", help=f"folder for Ray results, checkpoints and results tables (default: ./{RUNS_FOLDER})"
     )
     p.add_argument("--name", help="search name (default: SPACE-DATE-TIME)")
     p.add_argument(
@@ -45,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
 @guarded
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from tuneddml.tuning.driver import prepare_search, run_search
+    from tuneddml.tuning.driver import run_search
+    from tuneddml.tuning.request import prepare_search
 
     request = prepare_search(
         space=args.space,

@@ -21,8 +21,6 @@ from tuneddml.cli import format_duration, format_values, guarded, parse_override
 from tuneddml.config import TrialConfig
 from tuneddml.errors import ConfigError, TrialDiverged
 
-SHOWN_METRICS = ("recall_at_1", "recall_at_4", "map_at_r", "r_precision", "nmi")
-
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tuneddml.train", description=__doc__.split("\n")[0])
@@ -48,7 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not parent.is_dir():
             raise ConfigError("--save", args.save, "a path in an existing folder")
 
+    from tuneddml.evaluation import shown_keys
     from tuneddml.training import Trainer
+
+    shown = shown_keys()
 
     out = sys.stderr if args.json else sys.stdout
     print(
@@ -68,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def report(r, _trainer):  # type: ignore[no-untyped-def]
         print(
             f"epoch {r.epoch}/{r.epochs}  loss {format_values(r.terms)}  |  "
-            f"{format_values(r.metrics, SHOWN_METRICS)}  |  {format_duration(r.train_seconds + r.eval_seconds)}"
+            f"{format_values(r.metrics, shown)}  |  {format_duration(r.train_seconds + r.eval_seconds)}"
             f"/epoch, ~{format_duration(r.eta)} left",
             file=out,
             flush=True,

@@ -55,7 +55,7 @@ def test_invalid_space_file_names_the_file_and_key(workdir, capsys):
 
 
 def test_cluster_storage_uri_goes_to_ray_and_records_stay_local(workdir):
-    from tuneddml.tuning.driver import prepare_search
+    from tuneddml.tuning.request import prepare_search
 
     request = prepare_search(space="quick", storage="s3://bucket/tuneddml/", name="s")
     assert request.ray_storage == "s3://bucket/tuneddml"
@@ -67,3 +67,27 @@ def test_unknown_storage_scheme(workdir, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--space=quick", "--storage", "ftp://host/x"])
     assert exit_info.value.code == 2 and "--storage" in capsys.readouterr().err
+
+
+def test_validating_a_request_imports_neither_ray_nor_mlflow(tmp_path):
+    """prepare_search lives in a module without Ray, and checks the tracking URI without MLflow."""
+    import subprocess
+    import sys
+
+    from tests.tuning.procs import ROOT, child_env
+
+    code = (
+        "import sys; from tuneddml.tuning.request import prepare_search; "
+        "prepare_search(space='quick', storage=sys.argv[1], name='s'); "
+        "print(sorted(m for m in ('ray', 'mlflow', 'optuna') if m in sys.modules))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "runs")],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

@@ -1,6 +1,7 @@
 """Evaluation of embeddings on held-out classes: Recall@K, MAP@R, R-Precision, nDCG@k, AP, NMI.
 
-``evaluate`` is what every trial calls. The pieces are public so they can be tested and reused:
+``evaluate`` is what every trial calls; it runs every metric registered in :data:`METRICS`
+(:mod:`.metrics`: a new metric is a :class:`Metric` registered there). The pieces are public so they can be tested and reused:
 the pure metric functions over neighbour-label tables (:mod:`.ranking`), the kNN backends
 (:mod:`.knn`: faiss and brute-force torch), the exact full-ranking AP (:mod:`.average_precision`)
 k-means (:mod:`.kmeans`, faiss in :mod:`.clustering`) and NMI (:mod:`.clustering`).
@@ -13,6 +14,7 @@ from tuneddml.evaluation.clustering import FaissKMeans, KMeans, nmi
 from tuneddml.evaluation.evaluator import evaluate, l2_normalise
 from tuneddml.evaluation.kmeans import LloydKMeans
 from tuneddml.evaluation.knn import FaissKnn, KnnBackend, TorchKnn
+from tuneddml.evaluation.metrics import METRICS, EvalOptions, Metric, Ranking, metric_keys, shown_keys
 from tuneddml.evaluation.neighbours import ranked_neighbour_labels
 from tuneddml.evaluation.ranking import (
     average_precision,
@@ -24,21 +26,27 @@ from tuneddml.evaluation.ranking import (
 )
 
 __all__ = [
+    "METRICS",
+    "EvalOptions",
     "FaissKMeans",
     "FaissKnn",
     "KMeans",
     "KnnBackend",
     "LloydKMeans",
+    "Metric",
+    "Ranking",
     "TorchKnn",
     "average_precision",
     "evaluate",
     "exact_average_precision",
     "l2_normalise",
     "map_at_r",
+    "metric_keys",
     "ndcg_at_k",
     "nmi",
     "r_precision",
     "ranked_neighbour_labels",
     "recall_at_k",
     "relevance",
+    "shown_keys",
 ]

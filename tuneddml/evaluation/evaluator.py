@@ -1,4 +1,8 @@
-"""``evaluate``: every retrieval and clustering metric of a trial, from embeddings and labels."""
+"""``evaluate``: every retrieval and clustering metric of a trial, from embeddings and labels.
+
+The metrics themselves are the registered :data:`~tuneddml.evaluation.metrics.METRICS`; this module
+validates the input, builds the one neighbour table they all read and runs each of them.
+"""
 
 from __future__ import annotations
 
@@ -9,43 +13,10 @@ import numpy as np
 import torch
 
 from tuneddml.errors import ConfigError
-from tuneddml.evaluation.average_precision import exact_average_precision
-from tuneddml.evaluation.clustering import KMeans, nmi
-from tuneddml.evaluation.kmeans import LloydKMeans
+from tuneddml.evaluation.clustering import KMeans
 from tuneddml.evaluation.knn import FaissKnn, KnnBackend, faiss_threads, torch_threads, worth_threads
+from tuneddml.evaluation.metrics import METRICS, EvalOptions, Ranking
 from tuneddml.evaluation.neighbours import ranked_neighbour_labels
-from tuneddml.evaluation.ranking import average_precision, map_at_r, ndcg_at_k, r_precision, recall_at_k
-
-# Neighbours kept per query when AP is wanted: a query whose R relevant items all fall within
-# them gets its AP from the table, without the full-ranking pass (faiss's cost barely grows).
-_AP_TABLE_WIDTH = 32
-
-
-def _mean_ap(
-    table: np.ndarray,
-    q: np.ndarray,
-    q_codes: np.ndarray,
-    g: np.ndarray | None,
-    g_codes: np.ndarray | None,
-    num_relevant: np.ndarray,
-    batch_size: int,
-) -> float:
-    """Mean full-ranking AP over queries with ``R > 0``. Where the exact kNN table holds all ``R``
-    relevant items of a query, the rest of its ranking cannot change its AP, so the table gives
-    it exactly; the other queries go through the full-ranking pass."""
-    wanted = num_relevant > 0
-    if not wanted.any():
-        return float("nan")
-    covered = wanted & ((table == q_codes[:, None]).sum(axis=1) == num_relevant)
-    total = 0.0
-    if covered.any():
-        total += average_precision(table[covered], q_codes[covered], num_relevant[covered]) * covered.sum()
-    rest = np.flatnonzero(wanted & ~covered)
-    if rest.size:
-        total += float(
-            exact_average_precision(q, q_codes, g, g_codes, batch_size=batch_size, rows=rest)[rest].sum()
-        )
-    return float(total / int(wanted.sum()))
 
 
 def l2_normalise(x: Any, field: str = "query") -> np.ndarray:
@@ -110,7 +81,8 @@ def evaluate(
     (see :mod:`tuneddml.evaluation.ranking`). Equal similarities are ranked irrelevant first (see
     :mod:`tuneddml.evaluation.neighbours`), so ties never earn credit.
 
-    Returns (keys exactly):
+    Returns the keys of every registered metric (:data:`~tuneddml.evaluation.metrics.METRICS`),
+    in registration order; the built-in ones are:
 
     - ``recall_at_{k}`` for each ``k`` in ``ks``: Recall@k (:func:`~.ranking.recall_at_k`);
     - ``map_at_r``, ``r_precision``: MAP@R and R-Precision of Musgrave et al., ECCV 2020;
@@ -173,6 +145,7 @@ def _metrics(
     kmeans: KMeans | None,
 ) -> dict[str, float]:
     knn = FaissKnn() if knn is None else knn
+    options = EvalOptions(ks, ndcg_k, with_ap, with_nmi, seed, batch_size, kmeans)
 
     # Integer codes shared by query and gallery labels (any hashable, sortable label type works).
     both = q_y if g_y is None else np.concatenate([q_y, g_y])
@@ -182,21 +155,13 @@ def _metrics(
 
     counts = np.bincount(q_codes if g_codes is None else g_codes, minlength=int(codes.max()) + 1)
     num_relevant = counts[q_codes] - (1 if g_codes is None else 0)
-    k = max(max(ks), ndcg_k, int(num_relevant.max(initial=0)))
-    if with_ap:
-        k = max(k, _AP_TABLE_WIDTH)  # a wider table lets more queries take their AP from it
+    metrics = [METRICS.build(name) for name in METRICS]
+    max_relevant = int(num_relevant.max(initial=0))
+    k = max([1, *(m.width(options, max_relevant) for m in metrics)])
     table = ranked_neighbour_labels(q, q_codes, g, g_codes, k, knn=knn, batch_size=batch_size)
+    ranking = Ranking(table, q, q_codes, g, g_codes, num_relevant, options)
 
-    metrics: dict[str, float] = {}
-    for kk in ks:
-        metrics[f"recall_at_{kk}"] = recall_at_k(table, q_codes, kk, num_relevant=num_relevant)
-    metrics["map_at_r"] = map_at_r(table, q_codes, num_relevant)
-    metrics["r_precision"] = r_precision(table, q_codes, num_relevant)
-    metrics[f"ndcg_at_{ndcg_k}"] = ndcg_at_k(table, q_codes, ndcg_k, num_relevant)
-    if with_ap:
-        metrics["ap"] = _mean_ap(table, q, q_codes, g, g_codes, num_relevant, batch_size)
-    if with_nmi:
-        kmeans = LloydKMeans(seed=seed) if kmeans is None else kmeans
-        num_classes = len(np.unique(q_codes))
-        metrics["nmi"] = nmi(q_codes, kmeans(q, num_classes))
-    return metrics
+    out: dict[str, float] = {}
+    for metric in metrics:
+        out.update(metric(ranking))
+    return out

@@ -1,12 +1,11 @@
-"""MLflow at the edge: one parent run per search, one child run per trial."""
+"""MLflow at the edge: a parent run per search and a child run per trial (:class:`SearchRun`).
+
+The only package that imports mlflow.
+"""
 
 from __future__ import annotations
 
-from tuneddml.tracking.mlflow_store import (
-    MlflowTrialLogger,
-    check_tracking_uri,
-    default_tracking_uri,
-    start_search_run,
-)
+from tuneddml.tracking.mlflow_store import check_tracking_uri, default_tracking_uri
+from tuneddml.tracking.search_run import STATUS_TAG, TRIAL_TAG, SearchRun
 
-__all__ = ["MlflowTrialLogger", "check_tracking_uri", "default_tracking_uri", "start_search_run"]
+__all__ = ["STATUS_TAG", "TRIAL_TAG", "SearchRun", "check_tracking_uri", "default_tracking_uri"]

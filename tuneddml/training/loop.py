@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tuneddml.config import DATASET_RUNTIME, TrialConfig
 from tuneddml.errors import ConfigError, TrialDiverged
 from tuneddml.losses.base import EpochContext
+from tuneddml.results import epoch_record
 from tuneddml.sampling.base import EmbeddingAugmenter
 
 
@@ -44,11 +45,8 @@ class EpochReport:
         return self.elapsed / self.epoch * (self.epochs - self.epoch)
 
     def flat(self) -> dict[str, float]:
-        """One flat dict (metrics as they are, terms as ``loss/<term>``), as Ray and MLflow take it."""
-        out: dict[str, float] = {"epoch": self.epoch, **self.metrics}
-        out.update({f"loss/{k}": v for k, v in self.terms.items()})
-        out.update({"time/train_s": self.train_seconds, "time/eval_s": self.eval_seconds})
-        return out
+        """The epoch's record (:func:`tuneddml.results.epoch_record`), as Ray and MLflow take it."""
+        return epoch_record(self.epoch, self.metrics, self.terms, self.train_seconds, self.eval_seconds)
 
 
 @dataclass

@@ -7,7 +7,6 @@ so the searcher sees a bad result and Ray does not retry it.
 
 from __future__ import annotations
 
-import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ def train_trial(params: dict[str, Any], metric: str = "map_at_r") -> None:
 
     from tuneddml.config import TrialConfig
     from tuneddml.errors import TrialDiverged
+    from tuneddml.results import DIVERGED, NODE, diverged_record
     from tuneddml.training import Trainer
 
     flat = {k: v for k, v in params.items() if not k.startswith("_")}
@@ -38,11 +38,11 @@ def train_trial(params: dict[str, Any], metric: str = "map_at_r") -> None:
         with tempfile.TemporaryDirectory() as folder:
             tr.save(Path(folder) / CHECKPOINT_FILE)
             tune.report(
-                {**epoch_report.flat(), "diverged": 0, "node_id": node},
+                {**epoch_report.flat(), DIVERGED: 0, NODE: node},
                 checkpoint=tune.Checkpoint.from_directory(folder),
             )
 
     try:
         trainer.run(report)
     except TrialDiverged as exc:
-        tune.report({"epoch": exc.epoch, metric: math.nan, "diverged": 1, "error": str(exc), "node_id": node})
+        tune.report({**diverged_record(exc.epoch, metric, str(exc)), NODE: node})
