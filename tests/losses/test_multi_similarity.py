@@ -31,7 +31,7 @@ def hand(e, labels, alpha, beta, base, chosen=None):
 @pytest.mark.parametrize("lam", [0.5, 0.3])
 def test_matches_hand_computation(lam):
     e, labels = small_batch()
-    out = MultiSimilarityLoss(lam=lam, alpha=2.0, beta=10.0, base=0.2)(e, labels)
+    out = MultiSimilarityLoss(lam=lam, alpha=2.0, beta=10.0, threshold=0.2)(e, labels)
     pos, neg = hand(e, labels, 2.0, 10.0, 0.2)
     assert out["pos"].item() == pytest.approx(pos, abs=1e-12)
     assert out["neg"].item() == pytest.approx(neg, abs=1e-12)
@@ -43,7 +43,7 @@ def test_matches_hand_computation_with_mined_pairs():
     miner = MultiSimilarityMiner(epsilon=0.1)
     a1, p, a2, n = miner(e, labels)
     chosen = (list(zip(a1.tolist(), p.tolist())), list(zip(a2.tolist(), n.tolist())))
-    out = MultiSimilarityLoss(alpha=2.0, beta=10.0, base=0.2, miner=miner)(e, labels)
+    out = MultiSimilarityLoss(alpha=2.0, beta=10.0, threshold=0.2, miner=miner)(e, labels)
     pos, neg = hand(e, labels, 2.0, 10.0, 0.2, chosen=chosen)
     assert out["pos"].item() == pytest.approx(pos, abs=1e-12)
     assert out["neg"].item() == pytest.approx(neg, abs=1e-12)
@@ -60,8 +60,8 @@ def test_matches_pytorch_metric_learning(mined):
     assert ours(e, labels)["total"].item() == pytest.approx(pml(e, labels, indices).item(), abs=1e-5)
 
 
-def test_base_is_not_the_balance():
-    loss = build_loss("multi_similarity", {"base": 0.3, "lambda": 0.7}, num_classes=4, embedding_size=8)
-    assert loss.base == 0.3 and loss.weights() == pytest.approx({"pos": 1.4, "neg": 0.6})
+def test_threshold_is_not_the_balance():
+    loss = build_loss("multi_similarity", {"threshold": 0.3, "lambda": 0.7}, num_classes=4, embedding_size=8)
+    assert loss.threshold == 0.3 and loss.weights() == pytest.approx({"pos": 1.4, "neg": 0.6})
     e = torch.nn.functional.normalize(torch.randn(4, 3), dim=1)
     assert torch.isfinite(loss(e, torch.tensor([0, 0, 1, 1]))["total"])

@@ -36,6 +36,13 @@ def farthest_point_picks(points: torch.Tensor, k: int) -> list[int]:
     "ccp",
     ranges={"lam": "[0, 1]", "every": "[1, 1000]", "proxies_per_class": "[1, 100]", "pool": "[1, 100000]"},
     runtime=("num_classes", "embedding_size"),
+    search={
+        "lambda": {"uniform": [0.05, 0.95], "start": 0.5},
+        "base": {"choice": ["proxy_anchor", "softtriple", "normsoftmax", "multi_proxy_anchor", "proxy_nca"]},
+        "proxies_per_class": {"choice": [4, 1, 2, 8]},
+        "every": {"choice": [1, 2, 3]},  # start at 1: with 3 short epochs, every=3 never re-initialises
+        "pool": {"choice": [64, 32, 128]},
+    },
 )
 class ChanceConstrainedProxies(BaseLoss):
     """Any proxy loss ``base``, with its proxies periodically re-initialised to sample embeddings.

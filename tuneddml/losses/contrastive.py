@@ -45,6 +45,12 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, how: str, per_anchor: st
     "contrastive",
     ranges={"lam": "[0, 1]", "pos_margin": "[-1, 1]", "neg_margin": "[-1, 1]"},
     runtime=("miner",),
+    search={
+        "lambda": {"uniform": [0.05, 0.95], "start": 0.5},
+        "aggregation": {"choice": ["nonzero", "all"]},
+        "pos_margin": {"uniform": [0.5, 1.0], "start": 0.8},
+        "neg_margin": {"uniform": [0.0, 0.6], "start": 0.3},
+    },
 )
 class ContrastiveLoss(BaseLoss):
     """Contrastive margin loss on cosine similarity, its two terms balanced by ``lambda``.

@@ -24,6 +24,16 @@ from tuneddml.similarity import masked_logsumexp, masks_from_pairs, pair_masks, 
         "mean_mix": "[0, 1]",
     },
     runtime=("miner",),
+    search={
+        "lambda": {"uniform": [0.0, 1.0], "start": 0.5},
+        "pos_center": {"uniform": [0.3, 0.7], "start": 0.5},
+        "pos_scale": {"loguniform": [0.1, 1.0], "start": 0.5},
+        "neg_center": {"uniform": [0.5, 1.0], "start": 1.0},
+        "neg_scale": {"loguniform": [0.005, 0.1], "start": 0.01},
+        "var_weight": {"loguniform": [0.01, 10], "start": 1.0},
+        "mean_mix": {"uniform": [0.0, 0.5], "start": 0.1},
+        "form": {"choice": ["log", "sqrt"]},
+    },
 )
 class ContrastiveBayesianLoss(BaseLoss):
     """Contrastive Bayesian metric learning (CBML): the posterior of "same label" given a pair's

@@ -18,7 +18,14 @@ from tuneddml.losses.members import (
 )
 
 
-@LOSSES.register("ensemble", runtime=("num_classes", "embedding_size"))
+@LOSSES.register(
+    "ensemble",
+    runtime=("num_classes", "embedding_size"),
+    search={
+        "weighting": {"choice": ["fixed", "learnable"]},
+        "losses": {"choice": ["contrastive,proxy_anchor", "supcon,softtriple", "multi_similarity,normsoftmax", "contrastive,multi_similarity,proxy_anchor"]},
+    },
+)
 class EnsembleLoss(MemberLoss):
     """Several registered losses on one backbone, with fixed (searched) or learnable weights.
 

@@ -11,7 +11,17 @@ from tuneddml.losses.base import Balance
 from tuneddml.losses.members import MemberLoss, WeightedMembers, build_member, member_choices, parse_member
 
 
-@LOSSES.register("hybrid", ranges={"lam": "[0, 1]"}, runtime=("num_classes", "embedding_size"))
+@LOSSES.register(
+    "hybrid",
+    ranges={"lam": "[0, 1]"},
+    runtime=("num_classes", "embedding_size"),
+    search={
+        "lambda": {"uniform": [0.0, 1.0], "start": 0.5, "when": {"weighting": "fixed"}},
+        "weighting": {"choice": ["fixed", "learnable"]},
+        "pair": {"choice": ["multi_similarity", "contrastive", "triplet", "supcon", "npair", "margin"]},
+        "proxy": {"choice": ["proxy_anchor", "proxy_nca", "softtriple", "multi_proxy_anchor", "normsoftmax"]},
+    },
+)
 class HybridLoss(MemberLoss):
     """Weighted sum of a pair-based and a proxy-based loss on the same embeddings.
 

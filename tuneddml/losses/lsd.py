@@ -38,6 +38,13 @@ def listwise_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float
     "lsd",
     ranges={"weight": "[0, inf)", "temperature": "(0, inf)", "momentum": "[0, 1)"},
     runtime=("num_classes", "embedding_size"),
+    search={
+        "base": {"choice": ["contrastive", "supcon", "proxy_anchor", "multi_similarity"]},
+        "temperature": {"loguniform": [0.05, 1.0], "start": 0.1},
+        "weight": {"uniform": [0.0, 2.0], "start": 1.0},
+        "teacher": {"choice": ["epoch", "ema"]},
+        "momentum": {"choice": [0.99, 0.9, 0.999], "when": {"teacher": "ema"}},  # a 90-step trial: the default 0.999 keeps the mean teacher at the initial model
+    },
 )
 class ListwiseSelfDistillation(BaseLoss):
     """Any loss ``base`` plus list-wise self-distillation.

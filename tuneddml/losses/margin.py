@@ -25,6 +25,13 @@ def euclidean_distance(embeddings: torch.Tensor) -> torch.Tensor:
     "margin",
     ranges={"lam": "[0, 1]", "margin": "[0, 2]", "beta": "[0, 2]", "nu": "[0, 1]"},
     runtime=("num_classes", "miner"),
+    search={
+        "lambda": {"uniform": [0.2, 0.8], "start": 0.5},
+        "margin": {"uniform": [0.05, 0.4], "start": 0.2},
+        "beta": {"uniform": [0.8, 1.4], "start": 1.2},
+        "nu": {"uniform": [0.0, 0.1], "start": 0.0},
+        "beta_per_class": {"choice": [False, True]},
+    },
 )
 class MarginLoss(BaseLoss):
     """Margin loss on Euclidean distances of unit embeddings, with a learnable boundary ``beta``.

@@ -17,6 +17,13 @@ from tuneddml.losses.proxy_anchor import ProxyAnchorLoss
         "proxy_temperature": "(0, inf)",
     },
     runtime=("num_classes", "embedding_size"),
+    search={
+        "lambda": {"uniform": [0.05, 0.95], "start": 0.5},
+        "margin": {"uniform": [0.0, 0.2], "start": 0.1},
+        "alpha": {"uniform": [16, 64], "start": 32},
+        "proxies_per_class": {"choice": [4, 1, 2, 8]},
+        "proxy_temperature": {"loguniform": [0.03, 0.3], "start": 0.1},
+    },
 )
 class MultiProxyAnchorLoss(ProxyAnchorLoss):
     """MPA loss: the Proxy-Anchor loss over classes represented by ``K`` proxies each.

@@ -23,6 +23,12 @@ from tuneddml.similarity import class_similarity, init_proxies
         "label_smoothing": "[0, 1)",
     },
     runtime=("num_classes", "embedding_size"),
+    search={
+        "lambda": {"uniform": [0.05, 0.95], "start": 0.5},
+        "temperature": {"loguniform": [0.02, 0.2], "start": 0.05},
+        "proxies_per_class": {"choice": [1, 2, 4]},
+        "label_smoothing": {"uniform": [0.0, 0.2], "start": 0.0},
+    },
 )
 class NormSoftmaxLoss(BaseLoss):
     """Cross-entropy over classes on cosine similarities to learned class proxies.

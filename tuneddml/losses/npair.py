@@ -23,7 +23,14 @@ def first_pairs(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return anchors[order], seconds[order]
 
 
-@LOSSES.register("npair", ranges={"lam": "[0, 1]", "temperature": "(0, inf)"})
+@LOSSES.register(
+    "npair",
+    ranges={"lam": "[0, 1]", "temperature": "(0, inf)"},
+    search={
+        "lambda": {"uniform": [0.05, 0.95], "start": 0.5},
+        "temperature": {"loguniform": [0.03, 1.0], "start": 0.1},
+    },
+)
 class NPairLoss(BaseLoss):
     """Multi-class N-pair loss: each anchor is classified against the positives of all N pairs.
 

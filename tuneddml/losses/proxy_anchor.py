@@ -23,6 +23,12 @@ from tuneddml.similarity import class_similarity, init_proxies, masked_logsumexp
         "proxy_temperature": "(0, inf)",
     },
     runtime=("num_classes", "embedding_size"),
+    search={
+        "lambda": {"uniform": [0.05, 0.95], "start": 0.5},
+        "margin": {"uniform": [0.0, 0.5], "start": 0.1},
+        "alpha": {"loguniform": [4, 64], "start": 32},
+        "proxies_per_class": {"choice": [1, 2, 4]},
+    },
 )
 class ProxyAnchorLoss(BaseLoss):
     """Proxy-Anchor loss with ``proxies_per_class`` proxies and a balance ``lambda``.

@@ -22,6 +22,11 @@ from tuneddml.similarity import class_similarity, init_proxies, masked_logsumexp
         "proxy_temperature": "(0, inf)",
     },
     runtime=("num_classes", "embedding_size"),
+    search={
+        "lambda": {"uniform": [0.05, 0.95], "start": 0.5},
+        "scale": {"loguniform": [2, 64], "start": 16},
+        "proxies_per_class": {"choice": [1, 2, 4]},
+    },
 )
 class ProxyNCALoss(BaseLoss):
     """Proxy-NCA with ``proxies_per_class`` proxies, split into ``pos`` and ``neg`` with a balance ``lambda``.

@@ -63,6 +63,14 @@ def smooth_ap(
         "pos_margin": "[-1, 1]",
         "neg_margin": "[-1, 1]",
     },
+    search={
+        "lambda": {"uniform": [0.0, 1.0], "start": 0.5},
+        "pos_margin": {"uniform": [0.7, 1.0], "start": 0.9},
+        "neg_margin": {"uniform": [0.3, 0.8], "start": 0.6},
+        "tau": {"loguniform": [0.001, 0.1], "start": 0.01},
+        "rho": {"loguniform": [1, 1000], "start": 100},
+        "delta": {"uniform": [0.0, 0.2], "start": 0.05},
+    },
 )
 class RoadmapLoss(BaseLoss):
     """ROADMAP: smooth-rank AP loss plus the decomposability term.

@@ -38,6 +38,14 @@ def center_spread(proxies: torch.Tensor, proxies_per_class: int) -> torch.Tensor
         "proxies_per_class": "[1, 100]",
     },
     runtime=("num_classes", "embedding_size"),
+    search={
+        "lambda": {"uniform": [0.05, 0.95], "start": 0.5},
+        "margin": {"uniform": [0.0, 0.05], "start": 0.01},
+        "scale": {"uniform": [10, 40], "start": 20},
+        "gamma": {"loguniform": [0.03, 0.3], "start": 0.1},
+        "tau": {"uniform": [0.0, 0.4], "start": 0.2},
+        "proxies_per_class": {"choice": [10, 5, 2]},
+    },
 )
 class SoftTripleLoss(BaseLoss):
     """SoftTriple: cross-entropy over classes, each class a set of ``K`` centres.

@@ -45,6 +45,12 @@ def ranking_statistics(
 @LOSSES.register(
     "stochastic_ap",
     ranges={"tau": "(0, inf)", "gamma": "(0, 1]", "memory": "[0, 1000]", "semivar_weight": "[0, inf)"},
+    search={
+        "gamma": {"uniform": [0.01, 1.0], "start": 0.1},
+        "tau": {"loguniform": [0.001, 0.1], "start": 0.01},
+        "memory": {"choice": [4, 0, 2]},
+        "ratio": {"choice": ["population", "batch"]},
+    },
 )
 class StochasticAPLoss(BaseLoss):
     """AP loss with an unbiased-in-the-sampling-rate, moving-average estimator of the ranking

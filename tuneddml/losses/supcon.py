@@ -13,7 +13,14 @@ from tuneddml.losses.base import Balance, BaseLoss, Family
 from tuneddml.similarity import masked_logsumexp, pair_masks, similarity, zero_like_graph
 
 
-@LOSSES.register("supcon", ranges={"lam": "[0, 1]", "temperature": "(0, inf)"})
+@LOSSES.register(
+    "supcon",
+    ranges={"lam": "[0, 1]", "temperature": "(0, inf)"},
+    search={
+        "lambda": {"uniform": [0.05, 0.95], "start": 0.5},
+        "temperature": {"loguniform": [0.01, 1.0], "start": 0.1},
+    },
+)
 class SupConLoss(BaseLoss):
     """Supervised contrastive loss (SupCon) split into ``pos`` and ``ent``, balanced by ``lambda``.
 

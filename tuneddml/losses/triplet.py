@@ -12,7 +12,14 @@ from tuneddml.losses.base import BaseLoss, Family
 from tuneddml.similarity import all_triplets, similarity, zero_like_graph
 
 
-@LOSSES.register("triplet", ranges={"margin": "[0, 2]"}, runtime=("miner",))
+@LOSSES.register(
+    "triplet",
+    ranges={"margin": "[0, 2]"},
+    runtime=("miner",),
+    search={
+        "margin": {"uniform": [0.02, 0.5], "start": 0.1},
+    },
+)
 class TripletLoss(BaseLoss):
     """Triplet margin loss on cosine similarity, over mined triplets (semi-hard by default).
 

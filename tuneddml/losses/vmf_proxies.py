@@ -70,6 +70,13 @@ def expected_log_likelihood(
         "kappa_scale": "(0, inf)",
     },
     runtime=("num_classes", "embedding_size"),
+    search={
+        "lambda": {"uniform": [0.05, 0.95], "start": 0.5},
+        "temperature": {"loguniform": [0.1, 2.0], "start": 1.0},
+        "proxies_per_class": {"choice": [1, 2, 4]},
+        "init_concentration": {"loguniform": [4, 64], "start": 16},
+        "kappa_scale": {"loguniform": [1, 30], "start": 10},
+    },
 )
 class VMFProxiesLoss(BaseLoss):
     """Probabilistic proxy loss: vMF image distributions, non-isotropic proxies, expected

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneddml.errors import ConfigError
-from tuneddml.searchers.domain import KINDS, Domain, config_key, tidy
+from tuneddml.searchers.domain import KINDS, Domain, _member, config_key, tidy
 from tuneddml.searchers.space_file import DEFAULT_METRIC, display_path, find_space, list_spaces, read_space
 
 __all__ = [
@@ -175,7 +175,9 @@ class SearchSpace:
         """Change ``point`` so that ``domain`` is active; False if its conditions cannot hold."""
         for key, values in domain.when:
             for parent in self.parameters.get(key, ()):
-                value = next((v for v in values if parent.contains(v)), None)
+                held = [v for v in values if parent.contains(v)]
+                kept = [v for v in held if _member(point.get(parent.name), (v,))]  # a value set already stays
+                value = next(iter(kept or held), None)
                 if value is not None and self.activate(point, parent):
                     point[parent.name] = value
                     break

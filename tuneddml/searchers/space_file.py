@@ -15,6 +15,8 @@ from typing import Any
 
 import tuneddml
 from tuneddml.errors import ConfigError
+from tuneddml.results.schema import TERM
+from tuneddml.searchers.branches import expand
 from tuneddml.searchers.domain import KINDS, Domain, config_key
 
 MODES = ("max", "min")
@@ -86,10 +88,12 @@ def read_space(path: Path) -> dict[str, Any]:
             raise ConfigError(f"{where}: {key}", value, list(valid))
         return value
 
+    from tuneddml.evaluation import metric_keys  # the registered metrics (loads faiss: here only)
+
     metric = data.get("metric", DEFAULT_METRIC)
-    if not isinstance(metric, str) or not metric:
+    if metric not in metric_keys() and not (isinstance(metric, str) and metric.startswith(TERM)):
         raise ConfigError(
-            f"{where}: metric", metric, "the name of a metric every trial reports, e.g. map_at_r"
+            f"{where}: metric", metric, f"a metric every trial reports ({', '.join(metric_keys())}) or loss/<term>"
         )
     num_samples = data.get("num_samples", 16)
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
@@ -100,6 +104,7 @@ def read_space(path: Path) -> dict[str, Any]:
     params = data.get("parameters")
     if not isinstance(params, Mapping) or not params:
         raise ConfigError(f"{where}: parameters", params, "a non-empty mapping of keys to distributions")
+    params = expand(params, where)  # component blocks ({branches: ...}) become conditional domains
     parameters: dict[str, tuple[Domain, ...]] = {}
     for key, spec in params.items():
         field = f"{where}: parameters.{key}"
@@ -215,6 +220,16 @@ def _parse_when(
                 if earlier
                 else "a parameter listed before this one (there is none)",
             )
+        if isinstance(values, Mapping):  # {except: [...]}: every other choice of that key
+            excluded = values.get("except")
+            choices = [c for d in earlier[key] for c in d.choices]
+            if set(values) != {"except"} or not choices:
+                raise ConfigError(f"{field}.{key}", values, "a value, a list of values or {except: [values]} of a choice")
+            excluded = excluded if isinstance(excluded, list) else [excluded]
+            for v in excluded:
+                if v not in choices:
+                    raise ConfigError(f"{field}.{key}.except", v, choices)
+            values = [c for c in choices if c not in excluded]
         values = tuple(values) if isinstance(values, list) else (values,)
         for v in values:
             if not any(d.contains(v) for d in earlier[key]):
