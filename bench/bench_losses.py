@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -26,23 +27,39 @@ from common import machine, today
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _spec(domain: Any) -> dict:
+    """A compiled domain back in space-file form (``when`` apart)."""
+    if domain.kind == "choice":
+        spec: dict = {"choice": list(domain.choices)}
+    else:
+        kind = "int" if domain.kind == "int" else domain.kind
+        low, high = (int(domain.low), int(domain.high)) if kind == "int" else (domain.low, domain.high)
+        spec = {kind: [low, high]}
+        if kind == "int" and domain.log:
+            spec["log"] = True
+    spec["start"] = domain.start
+    return spec
+
+
 def narrowed_space(loss: str, folder: Path) -> Path:
-    """seed_methods with ``loss`` fixed: keep the variants that apply to it, drop the rest and
-    whatever depends on a dropped parameter."""
-    space = yaml.safe_load((ROOT / "search_spaces" / "seed_methods.yaml").read_text())
-    params = space["parameters"]
-    params.pop("loss")
+    """seed_methods with ``loss`` fixed: keep the domains that apply to it (the loss blocks
+    compiled), drop the rest and whatever depends on a dropped parameter."""
+    from tuneddml.searchers.space import load_space
+
+    loaded = load_space("seed_methods", validate=lambda flat: None)
+    space = yaml.safe_load(loaded.path.read_text())
     space["fixed"]["loss"] = loss
     kept: dict = {}
-    for key, value in params.items():
+    for key, variants_of_key in loaded.parameters.items():
+        if key == "loss":
+            continue
         variants = []
-        for variant in value if isinstance(value, list) else [value]:
-            when = dict(variant.get("when", {}))
+        for domain in variants_of_key:
+            when = {k: list(v) for k, v in domain.when}
             if "loss" in when:
-                allowed = when.pop("loss")
-                if loss not in (allowed if isinstance(allowed, list) else [allowed]):
+                if loss not in when.pop("loss"):
                     continue
-            variant = {k: v for k, v in variant.items() if k != "when"}
+            variant = _spec(domain)
             if when:
                 variant["when"] = when
             variants.append(variant)
@@ -86,8 +103,10 @@ def main() -> None:
     parser.add_argument("--losses", help="comma-separated subset (default: every loss of seed_methods)")
     parser.add_argument("overrides", nargs="*", help="trial settings fixed for every loss, e.g. epochs=3")
     args = parser.parse_args()
-    space = yaml.safe_load((ROOT / "search_spaces" / "seed_methods.yaml").read_text())
-    losses = args.losses.split(",") if args.losses else list(space["parameters"]["loss"]["choice"])
+    from tuneddml.searchers.space import load_space
+
+    (loss_domain,) = load_space("seed_methods", validate=lambda flat: None).parameters["loss"]
+    losses = args.losses.split(",") if args.losses else list(loss_domain.choices)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -1,4 +1,4 @@
-"""The spaces in search_spaces/ load, validate against the real TrialConfig, and run."""
+"""The spaces in tuneddml/search_spaces/ load, validate against the real TrialConfig, and run."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Search spaces: what a search varies, read from one YAML file per space.
 
-A space file (``search_spaces/NAME.yaml``, or any path) looks like::
+A space file (a shipped ``tuneddml/search_spaces/NAME.yaml``, or any path) looks like::
 
     description: Balance of the positive and entropy terms (Sors et al. 2021)
     metric: map_at_r                # reported by every trial epoch (default map_at_r)
@@ -187,7 +187,7 @@ class SearchSpace:
 
 
 def load_space(name_or_path: str | Path, *, validate: Validator | None = None) -> SearchSpace:
-    """Load and validate a space by name (a shipped ``search_spaces/NAME.yaml``) or path.
+    """Load and validate a space by name (a shipped ``tuneddml/search_spaces/NAME.yaml``) or path.
 
     ``validate(flat)`` checks one trial config (flat keys) and raises ConfigError; the default is
     :meth:`tuneddml.config.TrialConfig.from_flat`. Every error names the file and the key.

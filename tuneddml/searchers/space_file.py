@@ -2,7 +2,7 @@
 :mod:`tuneddml.searchers.space`, which also checks their values against the trial config).
 
 Every error is a :class:`~tuneddml.errors.ConfigError` whose field names the file and the key,
-e.g. ``search_spaces/x.yaml: parameters.loss.lambda``, with the valid choices.
+e.g. ``tuneddml/search_spaces/x.yaml: parameters.loss.lambda``, with the valid choices.
 """
 
 from __future__ import annotations
@@ -28,13 +28,10 @@ REPO_ROOT = Path(tuneddml.__file__).resolve().parent.parent
 
 
 def space_dirs() -> list[Path]:
-    """Where shipped spaces live: ``search_spaces/`` beside the package (a source checkout), or
-    inside the package where an installed copy carries them."""
-    dirs = [REPO_ROOT / "search_spaces"]
-    packaged = importlib.resources.files("tuneddml") / "search_spaces"
-    if packaged.is_dir():
-        dirs.append(Path(str(packaged)))
-    return [d for d in dirs if d.is_dir()]
+    """Where shipped spaces live: ``tuneddml/search_spaces/``, package data (so an installed wheel
+    carries them as a source checkout does)."""
+    packaged = Path(str(importlib.resources.files("tuneddml") / "search_spaces"))
+    return [packaged] if packaged.is_dir() else []
 
 
 def find_space(name_or_path: str | Path) -> Path:
