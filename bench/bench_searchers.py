@@ -1,3 +1,4 @@
+# Long file: one benchmark script (virtual clock, cached trials, every searcher, figures) meant to be read top to bottom.
 """Searchers at equal budgets: which one finds the best configuration of a space, and how fast.
 
     python bench/bench_searchers.py                       # everything (hours on 2 cores; resumable)

@@ -14,16 +14,18 @@ no scored trial):
 - *parallel coordinates* of every varied parameter, one line per trial coloured by the metric;
   categorical parameters sit at evenly spaced ticks, a parameter a trial does not have at "n/a".
 
-Figures are built on :class:`matplotlib.figure.Figure` with the Agg canvas, never through pyplot,
+:func:`make_report` draws every figure of :data:`PLOTS` that applies (the search driver calls it at
+the end of a search, ``python -m tuneddml.report`` on demand). Figures are built on :class:`matplotlib.figure.Figure` with the Agg canvas, never through pyplot,
 so drawing touches no global state and needs no display.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -34,6 +36,9 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from tuneddml.results import CONFIG, config_column, scores, varied_params
+
+if TYPE_CHECKING:
+    from tuneddml.results import Results, Source
 
 LAMBDA = config_column("loss.lambda")
 # Second axis of the landscape, in order of preference (Sors et al. plot lambda against these).
@@ -296,3 +301,22 @@ PLOTS = {
     "best_so_far.png": plot_best_so_far,
     "parallel_coordinates.png": plot_parallel_coordinates,
 }
+
+
+def make_report(
+    tables: Iterable[Source] | Results, out_dir: str | os.PathLike, *, metric: str | None = None
+) -> list[Path]:
+    """Draw the report's PNGs from results tables (paths, pyarrow Tables or DataFrames) into ``out_dir``.
+
+    Returns the files written; a figure that does not apply to these trials is skipped.
+    """
+    from tuneddml.results import Results, load_results
+
+    results = tables if isinstance(tables, Results) else load_results(tables, metric=metric)
+    out = Path(out_dir)
+    written = []
+    for filename, plot in PLOTS.items():
+        path = plot(results.frame, out / filename, metric=results.metric, mode=results.mode)
+        if path is not None:
+            written.append(path)
+    return written

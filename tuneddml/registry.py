@@ -20,9 +20,11 @@ a ``contract`` refuses, at import, a component that does not declare what its in
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import importlib.util
 import inspect
 import math
+import pkgutil
 import re
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -213,6 +215,11 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def remove(self, name: str) -> None:
+        """Unregister ``name`` (tests register tiny components and take them back)."""
+        self.get(name)
+        del self._entries[name]
+
     def __iter__(self) -> Iterator[str]:
         """Names in registration order."""
         return iter(list(self._entries))
@@ -270,6 +277,15 @@ class Registry(Generic[T]):
         kwargs = {_ARG_NAME.get(k, k): v for k, v in checked.items()}
         kwargs.update({k: v for k, v in runtime.items() if k in entry.runtime})
         return entry.factory(**kwargs)
+
+
+def import_components(package: str, skip: Iterable[str] = ()) -> None:
+    """Import every module of ``package`` (not ``_private`` ones, not ``base``, not ``skip``), so
+    that each component registers itself: a new module needs no entry anywhere."""
+    skipped = {"base", *skip}
+    for module in pkgutil.iter_modules(importlib.import_module(package).__path__):
+        if not module.name.startswith("_") and module.name not in skipped:
+            importlib.import_module(f"{package}.{module.name}")
 
 
 def param_specs(

@@ -21,7 +21,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -31,7 +31,7 @@ import pyarrow.fs as pafs
 
 from tuneddml.cli import guarded
 from tuneddml.errors import ConfigError
-from tuneddml.plots import PLOTS
+from tuneddml.plots import make_report
 from tuneddml.results import (
     BEST,
     CONFIG,
@@ -41,7 +41,6 @@ from tuneddml.results import (
     RUNS_FOLDER,
     SEARCH_FILE,
     Results,
-    Source,
     config_column,
     find_results,
     load_results,
@@ -192,23 +191,6 @@ def print_report(results: Results, column: str, top: int, out: IO[str]) -> dict[
 
 
 # ---------------------------------------------------------------------------------------- figures
-def make_report(
-    tables: Iterable[Source] | Results, out_dir: str | os.PathLike, *, metric: str | None = None
-) -> list[Path]:
-    """Draw the report's PNGs from results tables (paths, pyarrow Tables or DataFrames) into ``out_dir``.
-
-    Returns the files written; a figure that does not apply to these trials is skipped.
-    """
-    results = tables if isinstance(tables, Results) else load_results(tables, metric=metric)
-    out = Path(out_dir)
-    written = []
-    for filename, plot in PLOTS.items():
-        path = plot(results.frame, out / filename, metric=results.metric, mode=results.mode)
-        if path is not None:
-            written.append(path)
-    return written
-
-
 def default_out_dir(results: Results, storage: str | os.PathLike | None) -> Path:
     """One search: ``<search folder>/report``; several: ``report`` beside them.
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import IO, Any
 
 from tuneddml.cli import format_duration, format_values, guarded, parse_overrides
 from tuneddml.results import RUNS_FOLDER
@@ -47,6 +48,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def print_summary(summary: Any, searched: Iterable[str], out: IO[str]) -> None:
+    """The end of a search, for a person: trials by status, the best trial's searched settings and
+    every metric of its last epoch (all of the evaluator's), where the table and the runs are."""
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))
+    print(f"\nsearch {summary.name} done in {format_duration(summary.seconds)}: {counts}", file=out)
+    if summary.best_config is not None:
+        varied = {k: v for k, v in summary.best_config.items() if k in set(searched)}
+        print(f"best trial {summary.best_trial}: {format_values(varied)}", file=out)
+        print(f"  metrics: {format_values(summary.best_metrics or {})}", file=out)
+    else:
+        print("no trial produced a result", file=out)
+    print(f"results table: {summary.results_file}", file=out)
+    print(f"compare the trials: mlflow ui --backend-store-uri {summary.tracking_uri}", file=out, flush=True)
+
+
 @guarded
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
@@ -71,16 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     out = sys.stderr if args.json else sys.stdout
     summary = run_search(request, stream=out)
-    counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))
-    print(f"\nsearch {summary.name} done in {format_duration(summary.seconds)}: {counts}", file=out)
-    if summary.best_config is not None:
-        varied = {k: v for k, v in summary.best_config.items() if k in request.space.parameters}
-        print(f"best trial {summary.best_trial}: {format_values(varied)}", file=out)
-        print(f"  metrics: {format_values(summary.best_metrics or {})}", file=out)
-    else:
-        print("no trial produced a result", file=out)
-    print(f"results table: {summary.results_file}", file=out)
-    print(f"compare the trials: mlflow ui --backend-store-uri {summary.tracking_uri}", file=out, flush=True)
+    print_summary(summary, request.space.parameters, out)
     if args.json:
         print(json.dumps(summary.to_json(), default=str))
     return 0 if summary.best_config is not None else 1

@@ -161,7 +161,7 @@ def test_the_default_searcher_proposes_valid_trials_on_seed_methods(seed_methods
     variants and one-value choices come back as valid trial configs."""
     from searcher_helpers import tune_like
 
-    from tuneddml.searchers import make_ray_searcher
+    from tuneddml.searchers.ray_searcher import make_ray_searcher
 
     searcher = make_ray_searcher(
         seed_methods.searcher, seed_methods, metric="map_at_r", mode="max", seed=0, num_samples=30

@@ -10,8 +10,9 @@ import pytest
 from searcher_helpers import BOWL, bowl, drive, space_from_text, tune_like
 
 from tuneddml.errors import ConfigError
-from tuneddml.searchers import SEARCHERS, check_searcher, make_ray_searcher
+from tuneddml.searchers import SEARCHERS, check_searcher
 from tuneddml.searchers.coordinate_descent import CoordinateDescent
+from tuneddml.searchers.ray_searcher import make_ray_searcher
 
 pytest.importorskip("ray.tune")
 

@@ -9,7 +9,8 @@ import math
 import pytest
 from searcher_helpers import space_from_text, tune_like
 
-from tuneddml.searchers import SEARCHERS, make_ray_searcher
+from tuneddml.searchers import SEARCHERS
+from tuneddml.searchers.ray_searcher import make_ray_searcher
 
 pytest.importorskip("ray.tune")
 

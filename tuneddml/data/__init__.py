@@ -11,7 +11,7 @@ import inspect
 from typing import Any
 
 from tuneddml.data.base import ArrayItems, Dataset, ItemSet
-from tuneddml.registry import Registry
+from tuneddml.registry import Registry, import_components
 
 #: the runtime arguments every dataset loader takes, with a default for ``image_size``
 RUNTIME = ("root", "image_size")
@@ -29,6 +29,6 @@ def check_dataset_loader(name: str, factory: Any) -> None:
 
 DATASETS: Registry[Dataset] = Registry("dataset", contract=check_dataset_loader)
 
-from tuneddml.data import _all  # noqa: E402,F401
+import_components(__name__)  # each module registers its components
 
 __all__ = ["DATASETS", "RUNTIME", "ArrayItems", "Dataset", "ItemSet"]

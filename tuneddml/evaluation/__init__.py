@@ -24,6 +24,9 @@ from tuneddml.evaluation.ranking import (
     recall_at_k,
     relevance,
 )
+from tuneddml.registry import import_components
+
+import_components(__name__)  # a metric in a module of its own registers on import
 
 __all__ = [
     "METRICS",

@@ -12,7 +12,7 @@ from typing import Any
 
 from tuneddml.errors import ConfigError
 from tuneddml.losses.base import BaseLoss, EpochContext, check_loss_class
-from tuneddml.registry import Registry
+from tuneddml.registry import Registry, import_components
 
 LOSSES: Registry[BaseLoss] = Registry("loss", contract=check_loss_class)
 
@@ -83,7 +83,6 @@ def balance_label(name: str) -> str:
     return f"lambda: weight of {balance.first.rstrip('.')} (1 - lambda: {balance.second.rstrip('.')})"
 
 
-# Registration happens on import of each family's module.
-from tuneddml.losses import _all  # noqa: E402,F401
+import_components(__name__)  # each module registers its components
 
 __all__ = ["LOSSES", "BaseLoss", "EpochContext", "balance_label", "build_loss", "loss_family", "resolve_miner"]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from tuneddml.models.embedder import BACKBONES, Embedder, build_model
+from tuneddml.registry import import_components
 
-# Registration happens on import of each backbone's module.
-from tuneddml.models import backbones  # noqa: F401  isort: skip
+import_components(__name__, skip=("embedder",))  # each backbone module registers its backbones
 
 __all__ = ["BACKBONES", "Embedder", "build_model"]

@@ -7,7 +7,7 @@ Their contracts (base classes, which the registries check at import) are in
 
 from __future__ import annotations
 
-from tuneddml.registry import Registry
+from tuneddml.registry import Registry, import_components
 from tuneddml.sampling.base import (
     BatchSampler,
     EmbeddingAugmenter,
@@ -21,6 +21,6 @@ SAMPLERS: Registry[BatchSampler] = Registry("sampler", contract=check_sampler_cl
 MINERS: Registry[Miner] = Registry("miner", contract=check_miner_class)
 EMBEDDING_AUGMENTERS: Registry[EmbeddingAugmenter] = Registry("embedding_aug", contract=check_augmenter_class)
 
-from tuneddml.sampling import _all  # noqa: E402,F401
+import_components(__name__)  # each module registers its components
 
 __all__ = ["EMBEDDING_AUGMENTERS", "MINERS", "SAMPLERS", "BatchSampler", "EmbeddingAugmenter", "Miner"]

@@ -2,16 +2,18 @@
 
 :data:`SEARCHERS` names every searcher a space or ``--searcher`` may choose: each registers itself
 in its own module (an ask/tell core such as :mod:`.coordinate_descent`, or a factory of a Ray
-Tune search algorithm such as :mod:`.optuna_searchers`); :func:`make_ray_searcher` builds the Ray
-Tune search algorithm for one, wrapping a core in the ask/tell adapter. Ray and Optuna are
-imported only when a searcher is built.
+Tune search algorithm such as :mod:`.optuna_searchers`);
+:func:`tuneddml.searchers.ray_searcher.make_ray_searcher` builds the Ray Tune search algorithm for
+one, wrapping a core in the ask/tell adapter. Nothing here imports Ray or Optuna, nor (but at run
+time, by :func:`~tuneddml.registry.import_components`) any module of this package, so no searcher
+module's import of this registry can form a cycle.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from tuneddml.registry import Registry
+from tuneddml.registry import Registry, import_components
 
 #: what a searcher's factory may take (each takes the ones it names): the space, the metric and
 #: mode, the seed, the trials at once and the budget (``max_trials`` for an ask/tell core)
@@ -26,49 +28,8 @@ def check_searcher(name: str) -> None:
     SEARCHERS.available(name, "--searcher")
 
 
-def make_ray_searcher(
-    name: str,
-    space: Any,
-    *,
-    metric: str,
-    mode: str,
-    seed: int = 0,
-    max_concurrent: int = 1,
-    num_samples: int | None = None,
-) -> Any:
-    """The Ray Tune search algorithm for searcher ``name`` over ``space`` (a SearchSpace).
+# each searcher module registers itself; the adapters import Ray or Optuna at the top, which a
+# search request must not pay for before it is validated
+import_components(__name__, skip=("ray_searcher", "optuna_sampler"))
 
-    Every searcher proposes the flat searched keys only (the driver's ``param_space`` carries the
-    fixed ones). Coordinate descent, TPE, CMA-ES and random all evaluate the space's start point
-    first (balance: every family's start point), so they compare from the same place; grid spends
-    ``num_samples`` on a grid. The budget ``num_samples`` also bounds coordinate descent and the
-    balance search (which sizes its exploration by it) and sizes the grid. ``max_concurrent`` is
-    enforced by Tune's ``max_concurrent_trials``; here it only turns on TPE's "constant liar" for
-    parallel trials. Call :func:`check_searcher` before Ray starts to refuse a bad name early.
-    """
-    from tuneddml.searchers.core import is_core
-
-    check_searcher(name)
-    built = SEARCHERS.build(
-        name,
-        {},
-        field="--searcher",
-        space=space,
-        metric=metric,
-        mode=mode,
-        seed=seed,
-        max_concurrent=max_concurrent,
-        num_samples=num_samples,
-        max_trials=num_samples,
-    )
-    if is_core(built):
-        from tuneddml.searchers.ray_searcher import AskTellSearcher
-
-        return AskTellSearcher(built, metric=metric, mode=mode)
-    return built
-
-
-# Registration happens on import of each searcher's module.
-from tuneddml.searchers import _all  # noqa: E402,F401
-
-__all__ = ["CORE_RUNTIME", "SEARCHERS", "SEARCH_RUNTIME", "check_searcher", "make_ray_searcher"]
+__all__ = ["CORE_RUNTIME", "SEARCHERS", "SEARCH_RUNTIME", "check_searcher"]

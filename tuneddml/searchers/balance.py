@@ -1,3 +1,4 @@
+# Long file: one ask/tell state machine (explore, race, refine) whose phases share its state; split, each part would reach into the others.
 """The balance search: explore, race the loss families, refine each by coordinate descent.
 
 Sors et al. (2021, arXiv 2112.11743) search the balance of a contrastive loss by coordinate

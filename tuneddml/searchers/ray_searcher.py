@@ -1,5 +1,6 @@
 """Ray Tune search algorithms over a SearchSpace: a ``Searcher`` around an ask/tell core
-(coordinate descent or grid), and Ray's ``OptunaSearch`` on the space's define-by-run function.
+(coordinate descent or grid), and Ray's ``OptunaSearch`` on the space's define-by-run function;
+:func:`make_ray_searcher` builds the one a searcher name stands for.
 
 ``suggest`` returns the core's next config (flat searched keys; the driver's ``param_space``
 supplies the fixed ones), ``None`` while the core waits for the results of its current line (Tune
@@ -20,7 +21,9 @@ from typing import Any
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from tuneddml.searchers import SEARCHERS, check_searcher
 from tuneddml.searchers.coordinate_descent import FINISHED
+from tuneddml.searchers.core import is_core
 
 
 class AskTellSearcher(Searcher):
@@ -166,3 +169,41 @@ class SpaceOptunaSearch(OptunaSearch):
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         config = super().suggest(trial_id)
         return None if config is None else self.search_space.keys_of(config)
+
+
+def make_ray_searcher(
+    name: str,
+    space: Any,
+    *,
+    metric: str,
+    mode: str,
+    seed: int = 0,
+    max_concurrent: int = 1,
+    num_samples: int | None = None,
+) -> Any:
+    """The Ray Tune search algorithm for searcher ``name`` over ``space`` (a SearchSpace).
+
+    Every searcher proposes the flat searched keys only (the driver's ``param_space`` carries the
+    fixed ones). Coordinate descent, TPE, CMA-ES and random all evaluate the space's start point
+    first (balance: every family's start point), so they compare from the same place; grid spends
+    ``num_samples`` on a grid. The budget ``num_samples`` also bounds coordinate descent and the
+    balance search (which sizes its exploration by it) and sizes the grid. ``max_concurrent`` is
+    enforced by Tune's ``max_concurrent_trials``; here it only turns on TPE's "constant liar" for
+    parallel trials. Call :func:`check_searcher` before Ray starts to refuse a bad name early.
+    """
+    check_searcher(name)
+    built = SEARCHERS.build(
+        name,
+        {},
+        field="--searcher",
+        space=space,
+        metric=metric,
+        mode=mode,
+        seed=seed,
+        max_concurrent=max_concurrent,
+        num_samples=num_samples,
+        max_trials=num_samples,
+    )
+    if is_core(built):
+        return AskTellSearcher(built, metric=metric, mode=mode)
+    return built

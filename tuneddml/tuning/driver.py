@@ -82,7 +82,7 @@ def run_search(request: SearchRequest, *, stream: IO[str] | None = None) -> Sear
     import ray
     from ray import tune
 
-    from tuneddml.searchers import make_ray_searcher
+    from tuneddml.searchers.ray_searcher import make_ray_searcher
     from tuneddml.searchers.schedulers import SCHEDULERS
     from tuneddml.tuning.mlflow_callback import MlflowCallback
     from tuneddml.tuning.progress import SearchProgress
@@ -287,7 +287,7 @@ def _summarise(
     best_metrics = row_metrics(best, metric) if best else None
     report_files: list[Path] = []
     try:
-        from tuneddml.report import make_report
+        from tuneddml.plots import make_report
 
         report_files = list(make_report([results_file], request.folder / REPORT_FOLDER))
     except Exception as exc:  # a plot must never cost the search its results
