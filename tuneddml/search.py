@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from tuneddml.cli import format_duration, format_values, guarded, parse_overrides
+from tuneddml.searchers import SEARCHERS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,7 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--space", required=True, help="a shipped space name (see --list) or a path to a YAML file"
     )
-    p.add_argument("--searcher", help="coordinate_descent, tpe, cmaes, random or grid (default: the space's)")
+    p.add_argument(
+        "--searcher", help=f"{', '.join(SEARCHERS)} (default: the space's)"
+    )
     p.add_argument("--scheduler", help="asha (early stopping) or fifo (default: the space's)")
     p.add_argument("--num-samples", type=int, help="budget: number of trials (default: the space's)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: CPUs / --cpus-per-trial)")
