@@ -65,7 +65,7 @@ class BalanceOptions:
     initial_step: float = 0.25
     shrink: float = 0.5
     min_step: float = 1 / 32
-    min_gain: float = 0.005  # a move must beat the incumbent by this much (metric units)
+    min_gain: float = 0.0  # a move must beat the incumbent by more than this (metric units)
     family: str | None = None  # the family coordinate; None: found from the space
 
     def check(self) -> None:
@@ -241,7 +241,18 @@ class BalanceSearch:
                 return
         if self.max_trials is not None:
             # nothing left to refine (every coordinate settled or in flight) but budget remains:
-            # explore the alive families further rather than leave a slot idle
+            # restart the leading family's lines at half the initial step, or, if that gives no
+            # new point either, explore the alive families further rather than leave a slot idle
+            leader = self._ranked()[0]
+            busy = any(line["family"] == leader["index"] for line in self._lines.values())
+            if leader["settled"] and not busy and leader.get("restarted") != leader["version"]:
+                leader["restarted"] = leader["version"]
+                self._event(f"{leader['name']}: every coordinate settled, lines restart at step {self.options.initial_step / 2:g}")
+                leader["settled"] = {}
+                for name in leader["steps"]:
+                    leader["steps"][name] = max(leader["steps"][name], self.options.initial_step / 2)
+                self._plan()
+                return
             self._open_explore(alive_only=True)
 
     def _open_explore(self, alive_only: bool = False) -> None:
