@@ -31,7 +31,8 @@ searcher keeps coordinate descent at the heart of the balance and fixes those ca
 5. **Every slot busy.** A free slot gets the next point of an open line; if none is left, a new
    line opens on another unsettled coordinate of the same incumbent, or of another alive family.
    A point is built when it is handed out, from its family's incumbent at that moment, so a move
-   reaches the points not yet handed out.
+   reaches the points not yet handed out. (``fill_slots=False`` waits for each line instead, as
+   plain coordinate descent does: fewer points from an incumbent about to move, idle slots.)
 6. **Stopped trials are fair.** ``tell(key, value, complete=False)`` (a trial ASHA stopped early)
    records the value but never lets a truncated trial become an incumbent or win a line: it
    counts as worse than the fully trained incumbent it is compared with.
@@ -67,6 +68,7 @@ class BalanceOptions:
     min_step: float = 1 / 32
     min_gain: float = 0.0  # a move must beat the incumbent by more than this (metric units)
     family: str | None = None  # the family coordinate; None: found from the space
+    fill_slots: bool = True  # False: wait for a line's results before the next (as coordinate descent)
 
     def check(self) -> None:
         if self.line_points < 1 or not 0 < self.shrink < 1 or not 0 < self.min_step <= self.initial_step <= 1:
@@ -228,6 +230,8 @@ class BalanceSearch:
             self._open_explore()
             return
         budget = self._budget_left()
+        if not self.options.fill_slots and any(line["kind"] == "line" for line in self._lines.values()):
+            return  # wait for the open line
         # the race: the alive family with the fewest lines (closed or open) goes first, ties to the best
         opened = {f["index"]: f["lines"] for f in self._families}
         for line in self._lines.values():
