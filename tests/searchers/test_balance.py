@@ -194,3 +194,15 @@ def test_state_of_another_space_is_refused(space, tmp_path):
     other = space_from_text(tmp_path, "mode: max\nparameters:\n  x: {uniform: [0, 1]}\n", name="y")
     with pytest.raises(ValueError, match="different space"):
         BalanceSearch(other).load_state_dict(BalanceSearch(space).state_dict())
+
+
+def test_without_slot_filling_it_waits_for_each_line(space):
+    core = BalanceSearch(space, seed=0, max_trials=30, options=BalanceOptions(fill_slots=False))
+    for _ in range(3):  # every family's start point
+        key, _ = core.ask()
+        core.tell(key, 0.5)
+    first = [core.ask() for _ in range(5)]
+    assert all(isinstance(got, tuple) for got in first[:4]) and first[4] is None  # one line of 4, then wait
+    for key, _ in first[:4]:
+        core.tell(key, 0.1)
+    assert isinstance(core.ask(), tuple)

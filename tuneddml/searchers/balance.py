@@ -18,10 +18,13 @@ searcher keeps coordinate descent at the heart of the balance and fixes those ca
    every alive one comes back.
 3. **Refine.** A line on coordinate ``c`` of family ``f`` proposes up to ``line_points`` points
    ``u_c = u_c(x) + k h_c``, ``k = +1, -1, +2, -2`` on the unit scale of the domain (every other
-   choice for a categorical one). When its results are in, the family moves to the line's best
-   point if it beats the incumbent by more than ``min_gain`` (trial noise makes a smaller
-   "gain" a coin toss); otherwise ``h_c`` shrinks (``h <- shrink h``) down to ``min_step``, where a
-   line without gain settles ``c`` until the incumbent moves.
+   choice for a categorical one) the first time the leading family looks at ``c``, and two
+   (``k = +1, -1``) for a revisit or for a family that trails in the race. A result that beats the
+   family's incumbent by more than ``min_gain`` (trial noise makes a smaller "gain" a coin toss)
+   moves the incumbent at once; a line that closes without a move from the incumbent it started
+   at shrinks ``h_c`` (``h <- shrink h``) down to ``min_step``, where a line without gain settles
+   ``c`` until the incumbent moves; a move to the farthest point on its side grows ``h_c`` back
+   (``h <- h / shrink``, at most ``initial_step``).
 4. **Coupled coordinates are revisited.** The balance weight (``loss.lambda``) is coupled with
    every other coordinate: when any coordinate moves, ``lambda`` is unsettled and its step reset to
    at least ``initial_step / 2``; when ``lambda`` moves, the loss's other numeric parameters
@@ -29,13 +32,14 @@ searcher keeps coordinate descent at the heart of the balance and fixes those ca
 5. **Every slot busy.** A free slot gets the next point of an open line; if none is left, a new
    line opens on another unsettled coordinate of the same incumbent, or of another alive family.
    A point is built when it is handed out, from its family's incumbent at that moment, so a move
-   reaches the points not yet handed out.
+   reaches the points not yet handed out. (``fill_slots=False`` waits for each line instead, as
+   plain coordinate descent does: fewer points from an incumbent about to move, idle slots.)
 6. **Stopped trials are fair.** ``tell(key, value, complete=False)`` (a trial ASHA stopped early)
    records the value but never lets a truncated trial become an incumbent or win a line: it
    counts as worse than the fully trained incumbent it is compared with.
 
 When every coordinate of every alive family is settled or has its line in flight and budget is
-left, a free slot gets a further exploration point (a dropped family it improves comes back). The
+left, a free slot gets a further exploration point in an alive family. The
 search ends (:data:`FINISHED`) when ``max_trials`` points have been handed out, or, without a
 budget, when every coordinate of every alive family is settled. Failed, diverged, NaN or inf results count as the
 worst value. :meth:`state_dict` is plain JSON data; :meth:`load_state_dict` continues exactly.
@@ -60,12 +64,13 @@ class BalanceOptions:
     """Options of :class:`BalanceSearch` (see the module docstring)."""
 
     line_points: int = 4
-    explore: float = 0.25  # share of the budget for exploration (at least one point per family)
+    explore: float = 0.1  # share of the budget for exploration (at least one point per family)
     initial_step: float = 0.25
     shrink: float = 0.5
     min_step: float = 1 / 32
-    min_gain: float = 0.005  # a move must beat the incumbent by this much (metric units)
+    min_gain: float = 0.0  # a move must beat the incumbent by more than this (metric units)
     family: str | None = None  # the family coordinate; None: found from the space
+    fill_slots: bool = True  # False: wait for a line's results before the next (as coordinate descent)
 
     def check(self) -> None:
         if self.line_points < 1 or not 0 < self.shrink < 1 or not 0 < self.min_step <= self.initial_step <= 1:
@@ -129,6 +134,7 @@ class BalanceSearch:
                     "pos": 0,
                     "order": self._coordinates(point),
                     "lines": 0,
+                    "looked": [],  # coordinates that had their first (full) line
                     "alive": True,
                     "explored": 0,
                     "pending": 0,
@@ -194,8 +200,15 @@ class BalanceSearch:
             del self._lines[trial["line"]]
             self._revive(family)
             self._halve()
-        elif len(line["results"]) == len(line["points"]):
-            self._close(trial["line"], line, family)
+        else:
+            incumbent = -math.inf if family["score"] is None else family["score"] + self.options.min_gain
+            if score is not None and score > incumbent:
+                # move at once, so that the points handed out from now on start from here
+                self._move(family, line["coordinate"], dict(trial["point"]), score)
+                line["moved"].append(trial_key)
+                self._revive(family)
+            if len(line["results"]) == len(line["points"]):
+                self._close(trial["line"], line, family)
 
     @property
     def finished(self) -> bool:
@@ -225,6 +238,8 @@ class BalanceSearch:
             self._open_explore()
             return
         budget = self._budget_left()
+        if not self.options.fill_slots and any(line["kind"] == "line" for line in self._lines.values()):
+            return  # wait for the open line
         # the race: the alive family with the fewest lines (closed or open) goes first, ties to the best
         opened = {f["index"]: f["lines"] for f in self._families}
         for line in self._lines.values():
@@ -234,17 +249,28 @@ class BalanceSearch:
                 continue  # its first result decides its incumbent
             name = self._next_coordinate(family)
             if name is not None:
-                self._open_line(family, name, int(min(budget, self.options.line_points)))
+                self._open_line(family, name, int(min(budget, self._line_size(family, name))))
                 return
         if self.max_trials is not None:
             # nothing left to refine (every coordinate settled or in flight) but budget remains:
-            # explore further rather than leave a slot idle; a dropped family that finds a better
-            # point this way comes back
-            self._open_explore()
+            # restart the leading family's lines at half the initial step, or, if that gives no
+            # new point either, explore the alive families further rather than leave a slot idle
+            leader = self._ranked()[0]
+            busy = any(line["family"] == leader["index"] for line in self._lines.values())
+            if leader["settled"] and not busy and leader.get("restarted") != leader["version"]:
+                leader["restarted"] = leader["version"]
+                self._event(f"{leader['name']}: every coordinate settled, lines restart at step {self.options.initial_step / 2:g}")
+                leader["settled"] = {}
+                for name in leader["steps"]:
+                    leader["steps"][name] = max(leader["steps"][name], self.options.initial_step / 2)
+                self._plan()
+                return
+            self._open_explore(alive_only=True)
 
-    def _open_explore(self) -> None:
+    def _open_explore(self, alive_only: bool = False) -> None:
         done = self._sobol_index
-        family = self._families[done % len(self._families)]
+        pool = [f for f in self._families if f["alive"]] if alive_only else self._families
+        family = pool[done % len(pool)]
         if done < len(self._families):
             point = dict(family["point"])  # the family's start point
         else:
@@ -302,18 +328,19 @@ class BalanceSearch:
                 self._no_gain(family, name)
         return None
 
-    def _values(self, family: dict[str, Any], name: str) -> list[Any]:
-        """The line's new values of coordinate ``name`` around the family's incumbent."""
+    def _values(self, family: dict[str, Any], name: str) -> list[tuple[Any, int]]:
+        """The line's new values of coordinate ``name`` around the family's incumbent, each with
+        its offset in steps (0 for a categorical choice)."""
         domain, point = self._domains[name], family["point"]
         current = point[name]
-        out: list[Any] = []
+        out: list[tuple[Any, int]] = []
 
         def fresh(value: Any) -> bool:
             key = config_key(self.space.config_of({**point, name: value}))
-            return value != current and value not in out and key not in self._records
+            return value != current and all(value != v for v, _ in out) and key not in self._records
 
         if not domain.numeric:
-            return [c for c in domain.choices if fresh(c)]
+            return [(c, 0) for c in domain.choices if fresh(c)]
         u0, step = domain.to_unit(current), family["steps"][name]
         for k in range(1, self.options.line_points + 1):
             for offset in (k, -k):
@@ -321,12 +348,22 @@ class BalanceSearch:
                 if domain.kind == "int" and value == current:
                     value = int(min(domain.high, max(domain.low, current + (1 if offset > 0 else -1))))
                 if fresh(value):
-                    out.append(value)
+                    out.append((value, offset))
         return out
 
+    def _line_size(self, family: dict[str, Any], name: str) -> int:
+        """``line_points`` for a coordinate's first line in the leading family; 2 (one step either
+        side) for a revisit, and for a family that trails in the race (a probe, not a survey)."""
+        if name in family["looked"] or family is not self._ranked()[0]:
+            return min(2, self.options.line_points)
+        return self.options.line_points
+
     def _open_line(self, family: dict[str, Any], name: str, size: int) -> None:
+        if family is self._ranked()[0] and name not in family["looked"]:
+            family["looked"].append(name)
         values = self._values(family, name)[: max(1, size)]
-        self._add_line(family, "line", name, [{name: v} for v in values])
+        self._add_line(family, "line", name, [{name: v} for v, _ in values])
+        self._lines[f"l{self._next_line - 1:05d}"]["offsets"] = [o for _, o in values]
 
     def _add_line(self, family: dict[str, Any], kind: str, name: str | None, points: list[dict[str, Any]]) -> None:
         line_id = f"l{self._next_line:05d}"
@@ -340,6 +377,7 @@ class BalanceSearch:
             "issued": [],
             "results": {},
             "evaluated": {},
+            "moved": [],  # keys of its points that moved the incumbent, in order
         }
         self._queue.extend((line_id, i) for i in range(len(points)))
 
@@ -350,22 +388,20 @@ class BalanceSearch:
 
     # ---- results ------------------------------------------------------------------------------
     def _close(self, line_id: str, line: dict[str, Any], family: dict[str, Any], halve: bool = True) -> None:
+        """All of a line's results are in (moves happened as they came): adapt its step."""
         del self._lines[line_id]
         family["lines"] += 1
         name = line["coordinate"]
-        incumbent = family["score"]
-        best_key, best = None, (-math.inf if incumbent is None else incumbent + self.options.min_gain)
-        for key in line["issued"]:
-            score = line["results"][key]
-            if score is not None and score > best:
-                best_key, best = key, score
-        same_base = line["version"] == family["version"]
-        if best_key is None:
-            if same_base:
+        if not line["moved"]:
+            if line["version"] == family["version"]:  # no gain from the incumbent it started at
                 self._no_gain(family, name)
         else:
-            self._move(family, name, dict(line["evaluated"][best_key]), best)
-        self._revive(family)
+            offsets = line.get("offsets") or []
+            offset = offsets[line["issued"].index(line["moved"][-1])] if offsets else 0
+            same_side = [abs(o) for o in offsets if o * offset > 0]
+            if offset and abs(offset) == max(same_side) and name in family["steps"]:
+                # the best point was the farthest on its side: the optimum may lie beyond
+                family["steps"][name] = min(self.options.initial_step, family["steps"][name] / self.options.shrink)
         if halve:
             self._halve()
 
