@@ -380,6 +380,7 @@ def report(out_md: Path | None = None) -> str:
                     "seeds": len(sel),
                     "utilisation": util,
                 }
+        lines.extend(paired_table(runs, budgets))
         top = max(budgets)
         randoms = {r["seed"]: r for r in runs if r["searcher"] == "random" and r["budget"] == top}
         defaults = {r["seed"]: r for r in runs if r["searcher"] == DEFAULT_SEARCHER and r["budget"] == top}
@@ -397,6 +398,51 @@ def report(out_md: Path | None = None) -> str:
     if out_md is not None:
         out_md.write_text(text + "\n")
     return text
+
+
+def _wtl(differences: list[float]) -> str:
+    won = sum(d > 0 for d in differences)
+    lost = sum(d < 0 for d in differences)
+    return f"{won}/{len(differences) - won - lost}/{lost}"
+
+
+def paired_table(runs: list[dict[str, Any]], budgets: list[int]) -> list[str]:
+    """The default searcher against each other one, paired by seed (same searcher and training seed).
+
+    Seeds differ more from each other (some training seeds train better) than searchers do, so the
+    per-seed difference is the fair comparison: mean +- sd of (default - other) over the seeds both
+    ran, and how many seeds the default won, on the observed best and on the re-trained mean.
+    """
+    out = [
+        f"\nPaired by seed: {DEFAULT_SEARCHER} minus each searcher (mean +- sd over seeds; seeds won / "
+        "tied / lost).\n",
+        "| budget | other | seeds | observed: difference | W/T/L | re-trained: difference | W/T/L |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for budget in budgets:
+        mine = {r["seed"]: r for r in runs if r["budget"] == budget and r["searcher"] == DEFAULT_SEARCHER}
+        for searcher in SEARCHERS:
+            if searcher == DEFAULT_SEARCHER:
+                continue
+            other = {r["seed"]: r for r in runs if r["budget"] == budget and r["searcher"] == searcher}
+            seeds = [
+                s for s in sorted(set(mine) & set(other))
+                if mine[s]["best_value"] is not None and other[s]["best_value"] is not None
+            ]
+            if not seeds:
+                continue
+            obs = [mine[s]["best_value"] - other[s]["best_value"] for s in seeds]
+            ret = [
+                statistics.fmean(mine[s]["retrained"]) - statistics.fmean(other[s]["retrained"])
+                for s in seeds
+                if mine[s]["retrained"] and other[s]["retrained"]
+            ]
+            o, r = _mean_sd(obs), _mean_sd(ret) if ret else (math.nan, math.nan)
+            out.append(
+                f"| {budget} | {searcher} | {len(seeds)} | {o[0]:+.4f} +- {o[1]:.4f} | "
+                f"{_wtl(obs)} | {r[0]:+.4f} +- {r[1]:.4f} | {_wtl(ret)} |"
+            )
+    return out
 
 
 def plot_curves(space: str, dataset: str, runs: list[dict[str, Any]], sign: int) -> Path | None:
