@@ -11,6 +11,7 @@ from tuneddml.config import TrialConfig
 from tuneddml.errors import ConfigError
 from tuneddml.registry import Registry
 from tuneddml.searchers import SEARCHERS
+from tuneddml.searchers.balance import BalanceSearch
 from tuneddml.searchers.coordinate_descent import CoordinateDescent
 from tuneddml.searchers.space import list_spaces, load_space
 
@@ -60,10 +61,12 @@ def test_shipped_space_validates_against_the_trial_config(name, datasets):
         TrialConfig.from_flat({**space.fixed, **space.sample(rng)})
 
 
+@pytest.mark.parametrize("searcher", ["coordinate_descent", "balance"])
 @pytest.mark.parametrize("name", SHIPPED)
-def test_coordinate_descent_on_a_shipped_space_proposes_valid_trials(name, datasets):
+def test_the_cores_on_a_shipped_space_propose_valid_trials(name, searcher, datasets):
     space = load_space(name, validate=no_check)
-    core = CoordinateDescent(space, seed=0, max_trials=space.num_samples)
+    cls = CoordinateDescent if searcher == "coordinate_descent" else BalanceSearch
+    core = cls(space, seed=0, max_trials=space.num_samples)
 
     def objective(config):
         TrialConfig.from_flat({**space.fixed, **config})  # raises on an invalid proposal

@@ -472,7 +472,7 @@ class BalanceSearch:
 
     def _shown(self, score: float | None) -> str:
         if score is None:
-            return "-"
+            return "no fully trained trial"
         return f"{score if self.mode == 'max' else -score:.4f}"
 
     # ---- save / restore ---------------------------------------------------------------------
