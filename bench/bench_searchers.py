@@ -392,7 +392,7 @@ def report(out_md: Path | None = None) -> str:
                 f"\n{DEFAULT_SEARCHER} at budget {top}: trials to reach random search's {top}-trial best "
                 f"(same seed): {text} (target: <= {top // 3})."
             )
-        plot_curves(space, dataset, runs, sign)
+        plot_curves(space, dataset, runs, sign, by_seed)
     text = "\n".join(lines)
     (OUT / "summary.json").write_text(json.dumps(summary, indent=1))
     if out_md is not None:
@@ -445,7 +445,11 @@ def paired_table(runs: list[dict[str, Any]], budgets: list[int]) -> list[str]:
     return out
 
 
-def plot_curves(space: str, dataset: str, runs: list[dict[str, Any]], sign: int) -> Path | None:
+def plot_curves(
+    space: str, dataset: str, runs: list[dict[str, Any]], sign: int, by_seed: dict[int, float]
+) -> Path | None:
+    """Best-so-far curves at the largest budget: the value (left) and the value as a share of the
+    best any search of the same seed found (right: seeds differ in level more than searchers do)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -453,8 +457,9 @@ def plot_curves(space: str, dataset: str, runs: list[dict[str, Any]], sign: int)
     import numpy as np
 
     budget = max(r["budget"] for r in runs)
-    fig, ax = plt.subplots(figsize=(7.5, 4.6))
-    for searcher in SEARCHERS:
+    colours = plt.get_cmap("tab10").colors
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.6))
+    for index, searcher in enumerate(SEARCHERS):
         sel = [r for r in runs if r["budget"] == budget and r["searcher"] == searcher]
         if not sel:
             continue
@@ -464,17 +469,23 @@ def plot_curves(space: str, dataset: str, runs: list[dict[str, Any]], sign: int)
             curves[i, : len(c)] = c
             if len(c) < budget and c:  # a search that ended early keeps its best
                 curves[i, len(c) :] = c[-1]
-        mean = np.nanmean(curves, axis=0)
-        sd = np.nanstd(curves, axis=0)
+        shares = curves / np.array([by_seed[r["seed"]] for r in sel])[:, None]
         x = np.arange(1, budget + 1)
-        width = 2.4 if searcher == DEFAULT_SEARCHER else 1.3
-        (line,) = ax.plot(x, mean, lw=width, label=f"{searcher} ({len(sel)} seeds)")
-        ax.fill_between(x, mean - sd, mean + sd, color=line.get_color(), alpha=0.12)
-    ax.set_xlabel("trials started")
-    ax.set_ylabel("best validation MAP@R so far")
-    ax.set_title(f"{space} on {dataset}: best so far (mean +- sd over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+        width = 2.6 if searcher == DEFAULT_SEARCHER else 1.3
+        for ax, values in zip(axes, (curves, shares)):
+            mean, sd = np.nanmean(values, axis=0), np.nanstd(values, axis=0)
+            ax.plot(x, mean, lw=width, color=colours[index], label=f"{searcher} ({len(sel)} seeds)")
+            ax.fill_between(x, mean - sd, mean + sd, color=colours[index], alpha=0.10)
+    axes[0].set_ylabel("best validation MAP@R so far")
+    axes[0].set_title(f"{space} on {dataset}: best so far (mean +- sd over seeds)", fontsize=10)
+    axes[1].set_ylabel("share of the best any search of the seed found")
+    axes[1].set_title("the same, relative to each seed's best", fontsize=10)
+    for level in (0.95, 0.99):
+        axes[1].axhline(level, color="grey", lw=0.8, ls="--")
+    for ax in axes:
+        ax.set_xlabel("trials started")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="lower right")
     FIGURES.mkdir(parents=True, exist_ok=True)
     path = FIGURES / f"searchers_{space}_{dataset}.png"
     fig.tight_layout()
