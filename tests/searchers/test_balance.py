@@ -1,5 +1,5 @@
 """The balance search's own behaviour (the shared contract is in test_searcher_contract.py):
-exploration, the family race, coupled coordinates, noise-aware moves, stopped trials, slot
+exploration, the family race, coupled coordinates, the min_gain threshold on moves, stopped trials, slot
 utilisation, save/restore."""
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ def family_coordinate(space: SearchSpace) -> str | None:
     "balance",
     runtime=CORE_RUNTIME,
     summary="explore, race the loss families by successive halving, refine each by coordinate "
-    "descent with coupled coordinates revisited and noise-aware moves",
+    "descent with coupled coordinates revisited; keeps every slot busy",
 )
 class BalanceSearch:
     """Ask/tell balance search; see the module docstring for the algorithm."""
