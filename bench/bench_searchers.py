@@ -190,18 +190,11 @@ def make_searcher(name: str, space: Any, *, seed: int, budget: int, concurrency:
         from tuneddml.searchers.grid import GridSearch
 
         return GridSearch(space, seed=seed, mode=mode, max_trials=budget)
-    import optuna
-
-    if name == "tpe":
-        sampler: Any = optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=max(2, min(10, budget // 4)), constant_liar=concurrency > 1
-        )
-    elif name == "cmaes":
-        sampler = optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    elif name == "random":
-        sampler = optuna.samplers.RandomSampler(seed=seed)
-    else:
+    if name not in ("tpe", "cmaes", "random"):
         raise SystemExit(f"unknown searcher {name!r}: one of {', '.join(SEARCHERS)}")
+    from tuneddml.searchers.optuna_searchers import optuna_sampler
+
+    sampler = optuna_sampler(name, seed=seed, max_concurrent=concurrency, num_samples=budget)
     return OptunaAskTell(space, sampler, mode)
 
 

@@ -25,15 +25,27 @@ def _optuna() -> Any:
     return optuna
 
 
+def optuna_sampler(name: str, *, seed: int = 0, max_concurrent: int = 1, num_samples: int | None = None) -> Any:
+    """The Optuna sampler behind the searcher ``name`` (``tpe``, ``cmaes`` or ``random``), also for
+    code that drives it without Ray (``bench/bench_searchers.py``)."""
+    optuna = _optuna()
+    if name == "tpe":
+        # a short budget: fewer random start-up trials than Optuna's default 10
+        startup = 10 if num_samples is None else max(2, min(10, num_samples // 4))
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, constant_liar=max_concurrent > 1)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"no Optuna sampler {name!r}: one of tpe, cmaes, random")
+
+
 @SEARCHERS.register("tpe", runtime=SEARCH_RUNTIME, requires=("optuna",))
 def tpe(
     *, space: Any, metric: str, mode: str, seed: int = 0, max_concurrent: int = 1, num_samples: int | None = None
 ) -> Any:
     """Optuna's tree-structured Parzen estimator (Bayesian)."""
-    optuna = _optuna()
-    # a short budget: fewer random start-up trials than Optuna's default 10
-    startup = 10 if num_samples is None else max(2, min(10, num_samples // 4))
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, constant_liar=max_concurrent > 1)
+    sampler = optuna_sampler("tpe", seed=seed, max_concurrent=max_concurrent, num_samples=num_samples)
     return _optuna_search(space, metric, mode, sampler)
 
 
@@ -42,8 +54,7 @@ def cmaes(
     *, space: Any, metric: str, mode: str, seed: int = 0, max_concurrent: int = 1, num_samples: int | None = None
 ) -> Any:
     """Optuna's CMA-ES on the numeric keys (needs the cmaes package), random on the others."""
-    sampler = _optuna().samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    return _optuna_search(space, metric, mode, sampler)
+    return _optuna_search(space, metric, mode, optuna_sampler("cmaes", seed=seed))
 
 
 @SEARCHERS.register("random", runtime=SEARCH_RUNTIME, requires=("optuna",))
@@ -51,5 +62,4 @@ def random_search(
     *, space: Any, metric: str, mode: str, seed: int = 0, max_concurrent: int = 1, num_samples: int | None = None
 ) -> Any:
     """Uniform random sampling on each key's scale (Optuna's RandomSampler)."""
-    sampler = _optuna().samplers.RandomSampler(seed=seed)
-    return _optuna_search(space, metric, mode, sampler)
+    return _optuna_search(space, metric, mode, optuna_sampler("random", seed=seed))
