@@ -148,7 +148,7 @@ class BalanceSearch:
         self._round = 0  # rounds of successive halving done
         self._lines: dict[str, dict[str, Any]] = {}  # line id -> line
         self._queue: list[tuple[str, int]] = []  # (line id, point index) not handed out yet
-        self._trials: dict[str, dict[str, Any]] = {}  # key -> {line, family, point, cache}
+        self._trials: dict[str, dict[str, Any]] = {}  # key -> {line, point, cache} of a trial handed out
         self._records: dict[str, float | None] = {}  # config key -> score (None: failed/stopped)
         self._issued = 0
         self._next_line = 0
@@ -174,7 +174,7 @@ class BalanceSearch:
         key = f"t{self._issued:05d}"
         self._issued += 1
         config = self.space.config_of(point)
-        self._trials[key] = {"line": line_id, "point": point, "cache": config_key(config), "version": family["version"]}
+        self._trials[key] = {"line": line_id, "point": point, "cache": config_key(config)}
         line["issued"].append(key)
         family["pending"] += 1
         return key, config
