@@ -25,7 +25,7 @@ IMAGE_SUFFIXES = frozenset(
 LAYOUT = "a folder with one sub-folder of images per class (or train/ and test/ folders of such sub-folders)"
 
 
-@DATASETS.register("imagefolder", ranges={"image_size": "[8, 1024]"}, runtime=RUNTIME)
+@DATASETS.register("imagefolder", ranges={"image_size": "[8, 1024]", "split_seed": "[0, 4294967295]"}, runtime=RUNTIME)
 def load_imagefolder(
     *,
     root: str | None = None,

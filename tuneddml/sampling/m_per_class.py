@@ -32,9 +32,16 @@ class MPerClass(BatchSampler):
         if batch_size % self.k:
             raise ConfigError("sampler.samples_per_class", self.k, f"a divisor of batch_size={batch_size}")
         p = batch_size // self.k
-        eligible = len(self._eligible(labels))
+        if p < 2:
+            raise ConfigError(
+                "sampler.samples_per_class",
+                self.k,
+                f"at most batch_size/2 = {batch_size // 2}: a batch of batch_size={batch_size} needs two "
+                "classes or more (one class has no negatives)",
+            )
+        sizes = np.unique(labels, return_counts=True)[1]  # counts only: cheap on 100k items
+        eligible = len(sizes) if self.replacement else int((sizes >= self.k).sum())
         if p > eligible:
-            sizes = np.bincount(np.unique(labels, return_inverse=True)[1])
             raise ConfigError(
                 "batch_size",
                 batch_size,
