@@ -22,7 +22,7 @@ from tuneddml.errors import ConfigError
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 )
-LAYOUT = "a folder with one sub-folder of images per class (or train/ and test/ folders of such sub-folders)"
+LAYOUT = "a folder of class sub-folders of images (or train/ and test/ holding such)"
 
 
 @DATASETS.register("imagefolder", ranges={"image_size": "[8, 1024]", "split_seed": "[0, 4294967295]"}, runtime=RUNTIME)

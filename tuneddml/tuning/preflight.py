@@ -33,7 +33,7 @@ def check_trials(space: Any, fixed: Mapping[str, Any]) -> None:
     for point in space.representative_configs():
         config = TrialConfig.from_flat({**fixed, **point})
         differs = {k: v for k, v in point.items() if start.get(k) != v}
-        at = ", ".join(f"{k}={v}" for k, v in differs.items()) or "the start point"
+        at = ", ".join(f"{k}={v}" for k, v in differs.items())  # empty at the start point
         try:
             runtime = {arg: getattr(config, top) for arg, top in DATASET_RUNTIME.items()}
             data_key = repr((config.dataset, sorted(config.dataset_params.items()), runtime))
@@ -77,6 +77,8 @@ def check_trials(space: Any, fixed: Mapping[str, Any]) -> None:
                     embedding_size=config.embedding_size,
                 )
         except ConfigError as exc:
+            if not at:
+                raise
             where = f"{exc.expected}; " if exc.expected else ""
             raise ConfigError(exc.field, exc.value, f"{where}checked at {at}") from None
         metric = space.metric
