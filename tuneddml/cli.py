@@ -85,13 +85,8 @@ def _number_or_text(text: str) -> Any:
     return text
 
 
-#: the longest error line (a longer message, e.g. a long list of choices, is cut)
-MAX_LINE = 199
-
-
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
-    line = f"error: {' '.join(message.split())}"  # one line, whatever the message holds
-    print(line if len(line) <= MAX_LINE else line[: MAX_LINE - 3] + "...", file=sys.stderr)
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)  # one line, whatever the message holds
     raise SystemExit(code)
 
 

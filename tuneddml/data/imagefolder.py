@@ -96,5 +96,6 @@ def _class_folders(folder: Path, top: Path) -> dict[str, list[Path]]:
         if files:
             classes[sub.name] = files
     if not classes:
-        raise ConfigError("data_root", str(top), f"{LAYOUT}; no class folder with images in {folder}")
+        inside = "" if folder == top else f" in {folder.name}/"
+        raise ConfigError("data_root", str(top), f"{LAYOUT}; no class folder with images{inside}")
     return classes
