@@ -144,6 +144,10 @@ class TrialConfig:
         k = self.sampler_params.get("samples_per_class")
         if isinstance(k, int) and self.batch_size % k:
             raise ConfigError("sampler.samples_per_class", k, f"a divisor of batch_size={self.batch_size}")
+        if isinstance(k, int) and self.batch_size // k < 2:
+            raise ConfigError(
+                "sampler.samples_per_class", k, f"at most batch_size/2 = {self.batch_size // 2}: a batch needs two classes or more"
+            )
         if not 0 <= self.fold < self.num_folds:
             raise ConfigError("fold", self.fold, f"an integer in [0, num_folds={self.num_folds})")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):

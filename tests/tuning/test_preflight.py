@@ -35,6 +35,7 @@ def files(tmp_path_factory):
             Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / "img" / c / f"{i}.png")
     (root / "img" / "b" / "broken.png").write_bytes(b"not a png")
     (root / "flat").mkdir()
+    (root / "no-cache").mkdir()  # a glyphs cache folder without the render: the dataset is not built
     (root / "flat" / "x.png").write_bytes(b"")  # images but no class folders
     spaces = {
         "dup_top": "fixed: {dataset: glyphs-tiny}\nparameters:\n  lr: {uniform: [0.001, 0.01]}\n"
@@ -44,6 +45,8 @@ def files(tmp_path_factory):
         "parameters:\n  loss.margin: {uniform: [-1, 1]}\n",
         "pml_triplets": "fixed: {dataset: glyphs-tiny, loss: 'pml:TripletMarginLoss'}\n"
         "parameters:\n  loss.triplets_per_anchor: {uniform: [1, 5]}\n",
+        "pml_unloaded": "fixed: {dataset: glyphs, data_root: '%s', loss: 'pml:TripletMarginLoss'}\n"
+        "parameters:\n  loss.triplets_per_anchor: {uniform: [1, 5]}\n" % (root / "no-cache"),
         "term": "metric: loss/nope\nfixed: {dataset: glyphs-tiny}\nparameters:\n  lr: {uniform: [0.001, 0.01]}\n",
         "big_k": "fixed: {dataset: glyphs-tiny, batch_size: 64}\n"
         "parameters:\n  sampler.samples_per_class: {choice: [4, 32]}\n",
@@ -81,6 +84,7 @@ CASES = {
     "duplicate nested YAML key": (["--space={root}/dup_nested.yaml"], "uniform"),
     "pml margin below 0": (["--space={root}/pml_margin.yaml"], "loss.margin"),
     "pml count searched as a float": (["--space={root}/pml_triplets.yaml"], "triplets_per_anchor"),
+    "loss built where the data is not cheap to load": (["--space={root}/pml_unloaded.yaml"], "triplets_per_anchor"),
 }
 
 

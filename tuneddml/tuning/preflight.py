@@ -43,7 +43,9 @@ def check_trials(space: Any, fixed: Mapping[str, Any]) -> None:
                     check_sample(dataset.train)
                     check_sample(dataset.test)
                 loaded[data_key] = dataset
-            if loaded[data_key] is None:
+            if loaded[data_key] is None:  # not loaded (not cheap): the loss is still built
+                loss = _build_loss(config, build_loss, EMBEDDING_AUGMENTERS, num_classes=_PLACEHOLDER_CLASSES)
+                _check_metric(space.metric, config, loss, TERM)
                 continue
             split_key = repr((data_key, config.split, config.num_folds, config.fold, config.fold_seed))
             if split_key not in splits:
@@ -60,31 +62,45 @@ def check_trials(space: Any, fixed: Mapping[str, Any]) -> None:
                 sampler = SAMPLERS.build(config.sampler, config.sampler_params, field="sampler")
                 sampler.check(data.train.labels, config.batch_size)
                 checked.add(batches)
-            loss = build_loss(
-                config.loss,
-                config.loss_params,
-                num_classes=data.num_train_classes,
-                embedding_size=config.embedding_size,
-                miner=config.miner,
-                miner_params=config.miner_params,
-            )
-            if config.embedding_aug != "none":
-                EMBEDDING_AUGMENTERS.build(
-                    config.embedding_aug,
-                    config.embedding_aug_params,
-                    field="embedding_aug",
-                    num_classes=data.num_train_classes,
-                    embedding_size=config.embedding_size,
-                )
+            loss = _build_loss(config, build_loss, EMBEDDING_AUGMENTERS, num_classes=data.num_train_classes)
         except ConfigError as exc:
             if not at:
                 raise
             where = f"{exc.expected}; " if exc.expected else ""
             raise ConfigError(exc.field, exc.value, f"{where}checked at {at}") from None
-        metric = space.metric
-        if isinstance(metric, str) and metric.startswith(TERM):
-            terms = ("total", *loss.term_names)
-            if metric.removeprefix(TERM) not in terms:
-                raise ConfigError(
-                    "metric", metric, f"a term loss={config.loss} reports: {', '.join(TERM + t for t in terms)}"
-                )
+        _check_metric(space.metric, config, loss, TERM)
+
+
+#: classes a loss is built for when the dataset was not loaded (its parameters are what is checked)
+_PLACEHOLDER_CLASSES = 8
+
+
+def _build_loss(config: Any, build_loss: Any, augmenters: Any, *, num_classes: int) -> Any:
+    """The trial's loss with its miner, and its embedding augmenter, on the CPU."""
+    loss = build_loss(
+        config.loss,
+        config.loss_params,
+        num_classes=num_classes,
+        embedding_size=config.embedding_size,
+        miner=config.miner,
+        miner_params=config.miner_params,
+    )
+    if config.embedding_aug != "none":
+        augmenters.build(
+            config.embedding_aug,
+            config.embedding_aug_params,
+            field="embedding_aug",
+            num_classes=num_classes,
+            embedding_size=config.embedding_size,
+        )
+    return loss
+
+
+def _check_metric(metric: Any, config: Any, loss: Any, term: str) -> None:
+    """A ``metric: loss/<term>`` names a term this trial's loss reports (or ``loss/total``)."""
+    if isinstance(metric, str) and metric.startswith(term):
+        terms = ("total", *loss.term_names)
+        if metric.removeprefix(term) not in terms:
+            raise ConfigError(
+                "metric", metric, f"a term loss={config.loss} reports: {', '.join(term + t for t in terms)}"
+            )
