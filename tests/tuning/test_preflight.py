@@ -214,3 +214,15 @@ def test_tracking_uris_mlflow_accepts_pass_and_create_nothing(tmp_path, uri):
 
     check_tracking_uri(uri.replace("{tmp}", str(tmp_path)))
     assert os.listdir(tmp_path) == []
+
+
+def test_on_a_cluster_a_data_folder_missing_here_is_left_to_the_nodes():
+    from tuneddml.errors import ConfigError
+    from tuneddml.searchers.space import load_space
+    from tuneddml.tuning.preflight import check_trials
+
+    space = load_space("quick")
+    fixed = {**space.fixed, "dataset": "imagefolder", "data_root": "/only/on/the/workers"}
+    with pytest.raises(ConfigError, match="data_root"):
+        check_trials(space, fixed)
+    check_trials(space, fixed, cluster=True)  # the loss is still built; the data is the nodes'

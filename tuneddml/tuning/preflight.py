@@ -17,8 +17,13 @@ from typing import Any
 from tuneddml.errors import ConfigError
 
 
-def check_trials(space: Any, fixed: Mapping[str, Any]) -> None:
-    """Raise the ConfigError the first failing trial would raise (with the point that fails)."""
+def check_trials(space: Any, fixed: Mapping[str, Any], *, cluster: bool = False) -> None:
+    """Raise the ConfigError the first failing trial would raise (with the point that fails).
+
+    ``cluster``: the trials run on a Ray cluster (``--address``), whose nodes may hold a
+    ``data_root`` this machine has not: a data folder missing here is then left to the trials."""
+    from pathlib import Path
+
     from tuneddml.config import DATASET_RUNTIME, TrialConfig
     from tuneddml.data.probe import check_sample, probe_dataset
     from tuneddml.data.splits import make_split
@@ -37,6 +42,9 @@ def check_trials(space: Any, fixed: Mapping[str, Any]) -> None:
         try:
             runtime = {arg: getattr(config, top) for arg, top in DATASET_RUNTIME.items()}
             data_key = repr((config.dataset, sorted(config.dataset_params.items()), runtime))
+            elsewhere = cluster and config.data_root and not Path(config.data_root).expanduser().exists()
+            if data_key not in loaded and elsewhere:
+                loaded[data_key] = None
             if data_key not in loaded:
                 dataset = probe_dataset(config.dataset, config.dataset_params, **runtime)
                 if dataset is not None:

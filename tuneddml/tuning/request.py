@@ -182,7 +182,8 @@ def prepare_search(
     loaded.validate_overrides(request.fixed)
     from tuneddml.tuning.preflight import check_trials
 
-    check_trials(loaded, request.fixed)  # data, sampler, loss and metric of the representative points
+    # data, sampler, loss and metric of the representative points
+    check_trials(loaded, request.fixed, cluster=address is not None)
     return request
 
 
