@@ -11,11 +11,11 @@ from __future__ import annotations
 import copy
 import re
 import shlex
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]

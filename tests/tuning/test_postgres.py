@@ -30,7 +30,7 @@ pytestmark = [
 ]
 
 TRIALS = 8
-EPOCHS = 4
+EPOCHS = 3
 
 
 def _trial_records(folder: Path) -> dict[str, list[dict]]:

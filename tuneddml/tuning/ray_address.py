@@ -33,18 +33,28 @@ IMPORT_TIMEOUT = 60.0  # importing Ray's client takes about 0.5 s, more on a loa
 CONNECT_TIMEOUT = 3.0
 
 _PROBE = """
-import sys
-from ray._raylet import GcsClient
+import os, sys
+from ray._raylet import AuthenticationTokenLoader, Config, GcsClient
 from ray.exceptions import AuthenticationError
 print("ready", flush=True)
-try:
+def ask():
     GcsClient(address=sys.argv[1]).internal_kv_get(b"tuneddml-probe", None, timeout=5)
+try:
+    ask()
+    print("ok", flush=True)
 except AuthenticationError:
-    print("auth", flush=True)
+    if sys.argv[2] != "retry":
+        raise SystemExit(print("auth", flush=True))
+    os.environ["RAY_AUTH_MODE"] = "token"  # what Ray itself does to turn token auth on in a process
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+    try:
+        ask()
+        print("ok-token", flush=True)
+    except AuthenticationError:
+        print("auth", flush=True)
 except Exception as exc:
     print("other", type(exc).__name__, flush=True)
-else:
-    print("ok", flush=True)
 """
 
 
@@ -71,11 +81,14 @@ def parse_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def probe(address: str, env: dict[str, str] | None = None, timeout: float = PROBE_TIMEOUT) -> str:
+def probe(
+    address: str, env: dict[str, str] | None = None, retry_with_token: bool = False, timeout: float = PROBE_TIMEOUT
+) -> str:
     """Ask the GCS at ``address``: ``ok``, ``auth`` (token missing or refused), or ``not-ray``
-    (no Ray answer within ``timeout`` s of the probe being ready)."""
+    (no Ray answer within ``timeout`` s of the probe being ready). With ``retry_with_token``, a
+    refusal is retried in the same probe with ``RAY_AUTH_MODE=token``: ``ok-token`` if accepted."""
     proc = subprocess.Popen(
-        [sys.executable, "-u", "-c", _PROBE, address],
+        [sys.executable, "-u", "-c", _PROBE, address, "retry" if retry_with_token else "once"],
         env=env if env is not None else dict(os.environ),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -90,7 +103,7 @@ def probe(address: str, env: dict[str, str] | None = None, timeout: float = PROB
         proc.kill()
         proc.wait()
     # a client that timed out, or crashed on what the port sent back, did not meet a Ray GCS
-    return verdict if verdict in ("ok", "auth") else "not-ray"
+    return verdict if verdict in ("ok", "ok-token", "auth") else "not-ray"
 
 
 def _line(proc: subprocess.Popen, timeout: float) -> str:
@@ -117,20 +130,21 @@ def check_address(address: str) -> None:
         raise ConfigError("--address", address, f"a reachable Ray head ({exc.strerror or exc})") from None
     if address.startswith("ray://"):
         return
-    verdict = probe(address)
+    mode = os.environ.get(AUTH_MODE)
+    # the token is offered only to a Ray GCS that has just refused this driver without it
+    retry = mode is None and local_token() is not None
+    verdict = probe(address, retry_with_token=retry)
     if verdict == "ok":
+        return
+    if verdict == "ok-token":
+        os.environ[AUTH_MODE] = "token"  # so that the driver's ray.init(address=...) sends the token
         return
     if verdict == "not-ray":
         raise ConfigError(
             "--address", address, "the GCS address of a Ray head (ray start --head --port, 6379 by default): this port is not Ray"
         )
-    mode = os.environ.get(AUTH_MODE)
     if mode is not None and mode.lower() != "token":
         raise ConfigError("--address", address, f"{AUTH_MODE} unset or token: that cluster requires Ray's token auth")
-    if mode is None and local_token() is not None:
-        if probe(address, dict(os.environ) | {AUTH_MODE: "token"}) == "ok":
-            os.environ[AUTH_MODE] = "token"  # so that the driver's ray.init(address=...) sends the token
-            return
     raise ConfigError(
         "--address",
         address,
