@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,16 +53,10 @@ class SearchRequest:
 
 
 def _check_address(address: str) -> None:
-    if address == "auto":
-        return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError("--address", address, "auto or HOST:PORT of a running Ray head")
-    try:
-        with socket.create_connection((host, int(port)), timeout=3):
-            pass
-    except OSError as exc:
-        raise ConfigError("--address", address, f"a reachable Ray head ({exc.strerror or exc})") from None
+    """Ask Ray whether a driver can join ``address`` (a subprocess: this module imports no Ray)."""
+    from tuneddml.tuning.ray_address import check_address
+
+    check_address(address)
 
 
 def prepare_search(
