@@ -59,7 +59,9 @@ def _round_trip(flat: dict, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("sampler", SAMPLERS.names())
 def test_every_sampler_state_survives_a_weights_only_checkpoint(sampler, tmp_path):
-    _round_trip({**FAST, "loss": "multi_similarity", "sampler": sampler, **SAMPLER_PARAMS.get(sampler, {})}, tmp_path)
+    _round_trip(
+        {**FAST, "loss": "multi_similarity", "sampler": sampler, **SAMPLER_PARAMS.get(sampler, {})}, tmp_path
+    )
 
 
 @pytest.mark.parametrize("aug", [n for n in EMBEDDING_AUGMENTERS.names() if n != "none"])
