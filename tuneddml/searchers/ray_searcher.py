@@ -108,7 +108,9 @@ class AskTellSearcher(Searcher):
             raise
         except (KeyError, TypeError, ValueError) as exc:  # JSON of the right kind, wrong content
             self._restore_error = ConfigError(
-                "searcher state", str(checkpoint_path), f"a state this search can continue from ({exc})"
+                "searcher state",
+                Path(checkpoint_path).name,
+                f"a state this search can continue from ({exc!r:.80})",
             )
             raise self._restore_error from None
         self._restore_error = None
@@ -125,20 +127,20 @@ def read_state(path: Path, core_type: str | None = None) -> dict[str, Any]:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ConfigError("searcher state", str(path), f"a readable file ({exc.strerror or exc})") from None
+        raise ConfigError("searcher state", path.name, f"a readable file ({exc.strerror or exc})") from None
     if data[:1] == b"\x80":
-        raise ConfigError("searcher state", str(path), "JSON (it is a pickle, which is never loaded)")
+        raise ConfigError("searcher state", path.name, "JSON (it is a pickle, which is never loaded)")
     try:
         state = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ConfigError(
-            "searcher state", str(path), "a complete JSON state (truncated or foreign)"
+            "searcher state", path.name, "a complete JSON state (truncated or foreign)"
         ) from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise ConfigError("searcher state", str(path), f"a {STATE_FORMAT} file (foreign content)")
+        raise ConfigError("searcher state", path.name, f"a {STATE_FORMAT} file (foreign content)")
     if core_type is not None and state.get("core_type") != core_type:
         raise ConfigError(
-            "searcher state", str(path), f"a state of {core_type} (it is of {state.get('core_type')})"
+            "searcher state", path.name, f"a state of {core_type} (it is of {state.get('core_type')})"
         )
     return state
 
