@@ -1,3 +1,4 @@
+# Long file: the trainer and the weights-only format of its checkpoints (read_checkpoint, _plain), which change together.
 """Training and evaluating one trial.
 
 :func:`run_trial` is the single function every entry point uses (the ``train`` CLI, Ray Tune
@@ -310,8 +311,7 @@ class UnreadableCheckpoint(RuntimeError):
 
 #: the keys every :meth:`Trainer.state_dict` has
 STATE_KEYS = frozenset(
-    {"config", "epoch", "model", "loss", "embedding_aug", "sampler", "optimizer", "rng", "generator"}
-    | {"torch_rng", "history", "elapsed"}
+    "config epoch model loss embedding_aug sampler optimizer rng generator torch_rng history elapsed".split()
 )
 _NDARRAY = "__tuneddml_ndarray__"  # {_NDARRAY: dtype, "shape": [...], "bytes": uint8 tensor}
 _NUMPY = "__tuneddml_numpy__"  # {_NUMPY: dtype, "value": Python scalar}
@@ -355,17 +355,26 @@ def _plain(value: Any, where: str) -> Any:
         return {_NDARRAY: value.dtype.str, "shape": list(value.shape), "bytes": torch.from_numpy(data)}
     if isinstance(value, np.generic):
         return {_NUMPY: value.dtype.str, "value": value.item()}
-    if isinstance(value, dict):  # (an OrderedDict, e.g. a module's state_dict, stays one)
-        out = type(value)() if type(value) in (dict, OrderedDict) else {}
-        for key, item in value.items():
-            out[key.item() if isinstance(key, np.generic) else key] = _plain(item, f"{where}[{key!r}]")
-        if hasattr(value, "_metadata"):
-            out._metadata = value._metadata  # type: ignore[attr-defined]
-        return out
+    if isinstance(value, dict):
+        plain = (
+            (k.item() if isinstance(k, np.generic) else k, _plain(v, f"{where}[{k!r}]"))
+            for k, v in value.items()
+        )
+        return _like(value, plain)
     if isinstance(value, (list, tuple)):
         items = [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
         return items if isinstance(value, list) else tuple(items)
     raise TypeError(f"checkpoint: {where} is a {type(value).__name__}, not tensors and plain data")
+
+
+def _like(value: dict, items: Any) -> dict:
+    """A dict of ``items``; an OrderedDict (a module's state_dict) stays one, with its metadata."""
+    if not isinstance(value, OrderedDict):
+        return dict(items)
+    out: Any = OrderedDict(items)
+    if hasattr(value, "_metadata"):
+        out._metadata = value._metadata
+    return out
 
 
 def _unplain(value: Any) -> Any:
@@ -376,12 +385,7 @@ def _unplain(value: Any) -> Any:
             return np.frombuffer(raw, dtype=np.dtype(value[_NDARRAY])).reshape(value["shape"]).copy()
         if _NUMPY in value and set(value) == {_NUMPY, "value"}:
             return np.dtype(value[_NUMPY]).type(value["value"])
-        out = type(value)() if type(value) in (dict, OrderedDict) else {}
-        for key, item in value.items():
-            out[key] = _unplain(item)
-        if hasattr(value, "_metadata"):
-            out._metadata = value._metadata  # type: ignore[attr-defined]
-        return out
+        return _like(value, ((k, _unplain(v)) for k, v in value.items()))
     if isinstance(value, list):
         return [_unplain(v) for v in value]
     if isinstance(value, tuple):
