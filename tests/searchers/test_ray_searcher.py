@@ -145,6 +145,21 @@ def test_a_bad_searcher_state_is_refused_in_one_line_and_never_run(tmp_path, nam
         second.suggest("trial_1")
 
 
+def test_an_unreadable_optuna_state_ends_the_search_instead_of_restarting_it(tmp_path):
+    space = space_from_text(tmp_path, COND)
+    first = make_ray_searcher("tpe", space, metric="score", mode="max", seed=0)
+    first.suggest("trial_0")
+    first.save(str(tmp_path / "s.pkl"))
+    (tmp_path / "s.pkl").write_bytes((tmp_path / "s.pkl").read_bytes()[:40])
+    second = make_ray_searcher("tpe", space, metric="score", mode="max", seed=0)
+    with pytest.raises(
+        ConfigError, match=r"^searcher state: bad value 's\.pkl' \(expected a state OptunaSearch"
+    ):
+        second.restore(str(tmp_path / "s.pkl"))
+    with pytest.raises(ConfigError):  # Tune swallows the restore's error: the first suggest ends the search
+        second.suggest("trial_1")
+
+
 @pytest.mark.parametrize("name", ["tpe", "random", "cmaes"])
 def test_optuna_searchers_start_at_the_start_point_and_respect_conditions(tmp_path, name):
     if name == "cmaes" and importlib.util.find_spec("cmaes") is None:

@@ -214,7 +214,23 @@ class SpaceOptunaSearch(OptunaSearch):
             space=space.define_by_run, metric=metric, mode=mode, sampler=sampler, points_to_evaluate=[start]
         )
 
+    def restore(self, checkpoint_path: str) -> None:
+        """Optuna's own (pickled) state; an unreadable one ends the search at the first suggest,
+        as for :class:`AskTellSearcher` (Tune would swallow the error and start afresh)."""
+        try:
+            super().restore(checkpoint_path)
+        except Exception as exc:
+            self._restore_error = ConfigError(
+                "searcher state",
+                Path(checkpoint_path).name,
+                f"a state OptunaSearch can load ({type(exc).__name__})",
+            )
+            raise self._restore_error from None
+
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        error = getattr(self, "_restore_error", None)
+        if error is not None:
+            raise error
         config = super().suggest(trial_id)
         return None if config is None else self.search_space.keys_of(config)
 
