@@ -156,4 +156,11 @@ def test_a_restore_tune_swallows_is_raised_out_of_the_block():
                 pickle.loads(pickle.dumps({"a": 1})[:5])
             except Exception:
                 logger.exception("Failed to restore the run state.")
+    own = ConfigError("searcher state", "searcher-state-x.pkl", "a complete JSON state")
+    with pytest.raises(ConfigError) as info, refuse_silent_restart():
+        try:
+            raise own
+        except ConfigError:
+            logger.exception("Failed to restore the run state.")
+    assert info.value is own  # the searcher's one line, not wrapped
     logger.error("Failed to restore the run state.")  # outside the block: only logged

@@ -64,12 +64,16 @@ def check_resumable(folder: Path, searcher: str) -> None:
 @contextmanager
 def refuse_silent_restart(what: str = "Ray's state") -> Iterator[None]:
     """Within the block, Tune's "Failed to restore the run state." (after which it would start the
-    experiment afresh) raises a ConfigError out of ``Tuner.fit`` instead."""
+    experiment afresh, or wait forever: its concurrency limiter, restored before the searcher
+    failed, still counts the trials that ran at the interruption) raises a ConfigError out of
+    ``Tuner.fit`` instead: the searcher's own, or one naming ``what`` and the cause."""
     logger = logging.getLogger("ray.tune.execution.tune_controller")
 
     def refuse(record: logging.LogRecord) -> bool:
         if record.levelno >= logging.ERROR and "Failed to restore the run state" in record.getMessage():
             cause = record.exc_info[1] if record.exc_info else None
+            if isinstance(cause, ConfigError):  # the searcher's own one-line refusal
+                raise cause
             reason = str(cause).strip().splitlines()[0][:100] if cause and str(cause).strip() else "see above"
             raise ConfigError(FIELD, what, f"a state Ray can restore ({type(cause).__name__}: {reason})")
         return True
