@@ -1,17 +1,24 @@
-"""``--resume`` on a corrupt or foreign Ray state ends with exit 2 and one line naming the file,
-before Ray starts (never a hang, never a silent restart of the search), on a real finished search."""
+"""Safe by default, on one real search (quick space, 2 trials) shared by the module:
+
+- every socket it opens listens on 127.0.0.1 (Ray's GCS, raylet, object manager, runtime-env
+  agent, the driver's and each worker's gRPC server; no dashboard), seen while it runs;
+- ``--resume`` on a corrupt or foreign Ray state of it ends with exit 2 and one line naming the
+  file, before Ray starts (never a hang, never a silent restart of the search)."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
-from tests.tuning.procs import child_env, search_command
+from tests.tuning.procs import child_env, search_command, short_tmp, start, stop_tree
 from tuneddml.errors import ConfigError
 from tuneddml.tuning.resume_check import SEARCHER_STATE_FORMAT, check_resumable, refuse_silent_restart
 
@@ -19,21 +26,64 @@ TINY = ["epochs=2", "steps_per_epoch=3"]
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A real finished quick search (2 trials): the base every case damages a copy of."""
-    cwd = tmp_path_factory.mktemp("resume")
-    proc = subprocess.run(
-        search_command(
-            "--space=quick", "--num-samples", "2", "--storage", str(cwd / "runs"), "--name", "s", *TINY
-        ),
-        cwd=cwd,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=420,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return cwd
+def watched(tmp_path_factory):
+    """A real finished quick search (2 trials), and the LISTEN sockets its process tree opened."""
+    cwd = tmp_path_factory.mktemp("search")
+    args = ["--space=quick", "--num-samples", "2", "--storage", str(cwd / "runs"), "--name", "s", *TINY]
+    ray_tmp = short_tmp("rs")
+    proc = start(search_command(*args), cwd, child_env(ray_tmp), cwd / "log")
+    seen: set[tuple[str, str, int]] = set()
+    try:
+        root = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 420
+        while proc.poll() is None and time.monotonic() < deadline:
+            seen |= _listening(root)
+            time.sleep(0.5)
+        assert proc.wait(timeout=30) == 0, (cwd / "log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            stop_tree(proc)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    return cwd, seen
+
+
+@pytest.fixture
+def finished(watched) -> Path:
+    return watched[0]
+
+
+def _listening(root: psutil.Process) -> set[tuple[str, str, int]]:
+    """(process name, address, port) of every LISTEN socket of ``root``'s process tree."""
+    try:
+        tree = {p.pid: p for p in [root, *root.children(recursive=True)]}
+    except psutil.NoSuchProcess:
+        return set()
+    found = set()
+    for conn in psutil.net_connections(kind="inet"):  # one scan of the system's sockets
+        if conn.status == psutil.CONN_LISTEN and conn.pid in tree:
+            try:
+                name = tree[conn.pid].name()
+            except psutil.Error:  # a worker that just ended
+                name = "?"
+            found.add((name, conn.laddr.ip, conn.laddr.port))
+    return found
+
+
+def _loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip.split("%")[0])
+    mapped = getattr(address, "ipv4_mapped", None)  # "::ffff:127.0.0.1": a dual-stack socket bound to it
+    return (mapped or address).is_loopback
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_local_search_listens_on_loopback_only(watched):
+    _cwd, seen = watched
+    names = {name for name, _ip, _port in seen}
+    # the search really ran Ray: its GCS, raylet and workers were listening
+    assert {"gcs_server", "raylet"} <= names and len(seen) >= 5, seen
+    exposed = sorted(s for s in seen if not _loopback(s[1]))
+    assert not exposed, f"listening beyond 127.0.0.1: {exposed}"
 
 
 def _copy(finished: Path, tmp_path: Path) -> Path:
