@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import builtins
 import importlib.util
+import json
 import math
 import pickle
 
@@ -12,7 +14,7 @@ from searcher_helpers import BOWL, bowl, drive, space_from_text, tune_like
 from tuneddml.errors import ConfigError
 from tuneddml.searchers import SEARCHERS, check_searcher
 from tuneddml.searchers.coordinate_descent import CoordinateDescent
-from tuneddml.searchers.ray_searcher import make_ray_searcher
+from tuneddml.searchers.ray_searcher import STATE_FORMAT, make_ray_searcher
 
 pytest.importorskip("ray.tune")
 
@@ -69,7 +71,7 @@ def test_search_properties_from_tune_set_metric_and_mode(tmp_path):
     assert len(suggested) == 60
 
 
-@pytest.mark.parametrize("name", ["coordinate_descent", "balance"])
+@pytest.mark.parametrize("name", ["coordinate_descent", "balance", "grid"])
 @pytest.mark.parametrize("cut", [3, 11])
 def test_save_and_restore_continue_the_search(tmp_path, cut, name):
     space = space_from_text(tmp_path, COND)
@@ -86,6 +88,7 @@ def test_save_and_restore_continue_the_search(tmp_path, cut, name):
         second = first
         if interrupt:
             first.save(str(tmp_path / "searcher.pkl"))
+            assert json.loads((tmp_path / "searcher.pkl").read_text())["format"] == STATE_FORMAT  # JSON
             second = pickle.loads(pickle.dumps(make_ray_searcher(name, space, metric="score", mode="max")))
             second.restore(str(tmp_path / "searcher.pkl"))
         for trial_id, config in running[len(running) // 2 :]:  # Tune re-runs the unfinished ones
@@ -96,8 +99,65 @@ def test_save_and_restore_continue_the_search(tmp_path, cut, name):
     assert len(whole) == 30
     assert search(interrupt=True) == whole
     if name == "coordinate_descent":  # it waits for its lines: the same search as without a cut
-        reference = tune_like(make_ray_searcher(name, space, metric="score", mode="max", num_samples=30), objective)
+        reference = tune_like(
+            make_ray_searcher(name, space, metric="score", mode="max", num_samples=30), objective
+        )
         assert whole == reference
+
+
+class _Payload:
+    """Unpickling this writes the marker file: what a planted searcher state would run."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (builtins.exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+@pytest.mark.parametrize("name", ["coordinate_descent", "balance", "grid"])
+@pytest.mark.parametrize("damage", ["pickle", "truncated", "random", "other_searcher", "not_a_state"])
+def test_a_bad_searcher_state_is_refused_in_one_line_and_never_run(tmp_path, name, damage):
+    space = space_from_text(tmp_path, COND)
+    first = make_ray_searcher(name, space, metric="score", mode="max", num_samples=30)
+    first.on_trial_complete("trial_0", {"score": 0.5}) if first.suggest("trial_0") else None
+    path = tmp_path / "searcher-state.pkl"
+    first.save(str(path))
+    marker = tmp_path / "ran"
+    if damage == "pickle":
+        path.write_bytes(pickle.dumps({"core": _Payload(marker)}))
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:50])
+    elif damage == "random":
+        path.write_bytes(bytes(range(256)) * 4)
+    elif damage == "other_searcher":
+        other = "grid" if name != "grid" else "coordinate_descent"
+        make_ray_searcher(other, space, metric="score", mode="max", num_samples=30).save(str(path))
+    else:
+        path.write_text(json.dumps({"format": STATE_FORMAT, "core_type": type(first.core).__name__}))
+    second = make_ray_searcher(name, space, metric="score", mode="max", num_samples=30)
+    with pytest.raises(ConfigError, match=r"^searcher state: bad value .*searcher-state\.pkl") as info:
+        second.restore(str(path))
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300
+    assert not marker.exists()
+    # Tune logs a failed restore and goes on with a fresh experiment: the first suggest ends it
+    with pytest.raises(ConfigError):
+        second.suggest("trial_1")
+
+
+def test_an_unreadable_optuna_state_ends_the_search_instead_of_restarting_it(tmp_path):
+    space = space_from_text(tmp_path, COND)
+    first = make_ray_searcher("tpe", space, metric="score", mode="max", seed=0)
+    first.suggest("trial_0")
+    first.save(str(tmp_path / "s.pkl"))
+    (tmp_path / "s.pkl").write_bytes((tmp_path / "s.pkl").read_bytes()[:40])
+    second = make_ray_searcher("tpe", space, metric="score", mode="max", seed=0)
+    with pytest.raises(
+        ConfigError, match=r"^searcher state: bad value 's\.pkl' \(expected a state OptunaSearch"
+    ):
+        second.restore(str(tmp_path / "s.pkl"))
+    with pytest.raises(ConfigError):  # Tune swallows the restore's error: the first suggest ends the search
+        second.suggest("trial_1")
 
 
 @pytest.mark.parametrize("name", ["tpe", "random", "cmaes"])

@@ -8,19 +8,21 @@ then holds back new trials without a ``ConcurrencyLimiter``), or ``Searcher.FINI
 ``on_trial_complete`` tells the trial's final metric; an errored trial, or one without a finite
 metric, counts as a failed result; a trial that reports fewer epochs than its config's ``epochs``
 (stopped early by ASHA) is told ``complete=False``, so the core never compares its truncated value
-with a fully trained incumbent. ``save``/``restore`` pickle the core's ``state_dict`` with the
+with a fully trained incumbent. ``save``/``restore`` keep the core's ``state_dict`` with the
 trial-id map, so ``Tuner.restore`` continues the search where it stopped: trials still running at
 the interruption are re-run by Tune under the same ids and told to the core when they end.
 """
 
 from __future__ import annotations
 
-import pickle
+import json
+from pathlib import Path
 from typing import Any
 
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from tuneddml.errors import ConfigError
 from tuneddml.searchers import SEARCHERS, check_searcher
 from tuneddml.searchers.coordinate_descent import FINISHED
 from tuneddml.searchers.core import is_core
@@ -38,6 +40,7 @@ class AskTellSearcher(Searcher):
         self._asked = False
         self._epochs: dict[str, Any] = {}  # Ray trial id -> the epochs its config asks for
         self.fixed_epochs: Any = None  # the param space's epochs (Tune tells it below)
+        self._restore_error: ConfigError | None = None  # a refused state file (see restore)
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         """Tune's metric and mode win over the space's, as long as nothing was suggested yet."""
@@ -53,6 +56,8 @@ class AskTellSearcher(Searcher):
         return True
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self._restore_error is not None:  # Tune logged it and went on afresh: end the search
+            raise self._restore_error
         self._asked = True
         got = self.core.ask()
         if got is None:
@@ -73,6 +78,8 @@ class AskTellSearcher(Searcher):
 
     def get_state(self) -> dict[str, Any]:
         return {
+            "format": STATE_FORMAT,
+            "core_type": type(self.core).__name__,
             "core": self.core.state_dict(),
             "trials": dict(self._trials),
             "epochs": dict(self._epochs),
@@ -89,12 +96,53 @@ class AskTellSearcher(Searcher):
         self._epochs, self.fixed_epochs = dict(state.get("epochs", {})), state.get("fixed_epochs")
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.get_state(), f)
+        with open(checkpoint_path, "w") as f:
+            json.dump(self.get_state(), f)
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.set_state(pickle.load(f))
+        try:
+            state = read_state(Path(checkpoint_path), type(self.core).__name__)
+            self.set_state(state)
+        except ConfigError as exc:
+            self._restore_error = exc
+            raise
+        except (KeyError, TypeError, ValueError) as exc:  # JSON of the right kind, wrong content
+            self._restore_error = ConfigError(
+                "searcher state",
+                Path(checkpoint_path).name,
+                f"a state this search can continue from ({exc!r:.80})",
+            )
+            raise self._restore_error from None
+        self._restore_error = None
+
+
+#: the ``format`` field of an :class:`AskTellSearcher`'s state file
+STATE_FORMAT = "tuneddml.searcher-state/1"
+
+
+def read_state(path: Path, core_type: str | None = None) -> dict[str, Any]:
+    """An :class:`AskTellSearcher` state file's content, parsed as JSON only (a pickle is never
+    loaded); ConfigError naming the file if it is unreadable, not this format, or (``core_type``)
+    another searcher's."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError("searcher state", path.name, f"a readable file ({exc.strerror or exc})") from None
+    if data[:1] == b"\x80":
+        raise ConfigError("searcher state", path.name, "JSON (it is a pickle, which is never loaded)")
+    try:
+        state = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ConfigError(
+            "searcher state", path.name, "a complete JSON state (truncated or foreign)"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ConfigError("searcher state", path.name, f"a {STATE_FORMAT} file (foreign content)")
+    if core_type is not None and state.get("core_type") != core_type:
+        raise ConfigError(
+            "searcher state", path.name, f"a state of {core_type} (it is of {state.get('core_type')})"
+        )
+    return state
 
 
 def _complete(result: dict | None, epochs: Any = None) -> bool:
@@ -166,7 +214,23 @@ class SpaceOptunaSearch(OptunaSearch):
             space=space.define_by_run, metric=metric, mode=mode, sampler=sampler, points_to_evaluate=[start]
         )
 
+    def restore(self, checkpoint_path: str) -> None:
+        """Optuna's own (pickled) state; an unreadable one ends the search at the first suggest,
+        as for :class:`AskTellSearcher` (Tune would swallow the error and start afresh)."""
+        try:
+            super().restore(checkpoint_path)
+        except Exception as exc:
+            self._restore_error = ConfigError(
+                "searcher state",
+                Path(checkpoint_path).name,
+                f"a state OptunaSearch can load ({type(exc).__name__})",
+            )
+            raise self._restore_error from None
+
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        error = getattr(self, "_restore_error", None)
+        if error is not None:
+            raise error
         config = super().suggest(trial_id)
         return None if config is None else self.search_space.keys_of(config)
 

@@ -1,3 +1,4 @@
+# Long file: the trainer and the weights-only format of its checkpoints (read_checkpoint, _plain), which change together.
 """Training and evaluating one trial.
 
 :func:`run_trial` is the single function every entry point uses (the ``train`` CLI, Ray Tune
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -287,14 +289,108 @@ class Trainer:
         self._elapsed_before = float(state["elapsed"])
 
     def save(self, path: str | Path) -> None:
-        """Write the state atomically (temp file + rename): a killed trial leaves no half file."""
+        """Write the state atomically (temp file + rename): a killed trial leaves no half file.
+
+        The file holds tensors and plain data only (numpy arrays and scalars as tensors of their
+        bytes), so :meth:`restore` reads it with ``weights_only=True`` and never runs code."""
         path = Path(path)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(self.state_dict(), tmp)
+        torch.save(_plain(self.state_dict(), "state"), tmp)
         tmp.replace(path)
 
     def restore(self, path: str | Path) -> None:
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+        """Continue from a :meth:`save` file; :class:`UnreadableCheckpoint` if it is missing,
+        truncated, not a checkpoint, or holds anything but tensors and plain data."""
+        self.load_state_dict(read_checkpoint(path, self.device))
+
+
+class UnreadableCheckpoint(RuntimeError):
+    """A checkpoint file that cannot be restored: missing, truncated, foreign, or refused because
+    it carries code (a pickled callable) rather than tensors and plain data."""
+
+
+#: the keys every :meth:`Trainer.state_dict` has
+STATE_KEYS = frozenset(
+    "config epoch model loss embedding_aug sampler optimizer rng generator torch_rng history elapsed".split()
+)
+_NDARRAY = "__tuneddml_ndarray__"  # {_NDARRAY: dtype, "shape": [...], "bytes": uint8 tensor}
+_NUMPY = "__tuneddml_numpy__"  # {_NUMPY: dtype, "value": Python scalar}
+
+
+def read_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The state in a :meth:`Trainer.save` file, read weights-only (no code can run)."""
+    import pickle
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise UnreadableCheckpoint(f"checkpoint {path}: no such file")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        if "weights only load failed" in lines[0].lower():  # a global (class, function) in the pickle
+            what = next((line for line in lines if "unsupported" in line.lower()), lines[-1])
+            what = what.replace("WeightsUnpickler error: ", "").split(" was not an allowed")[0][:100]
+            raise UnreadableCheckpoint(
+                f"checkpoint {path}: refused, it holds more than tensors and plain data ({what})"
+            ) from None
+        raise UnreadableCheckpoint(
+            f"checkpoint {path}: unreadable, truncated or not a checkpoint ({lines[0][:120]})"
+        ) from None
+    if not isinstance(state, dict) or not STATE_KEYS <= set(state):
+        raise UnreadableCheckpoint(f"checkpoint {path}: not a trainer checkpoint (its keys differ)")
+    return _unplain(state)
+
+
+def _plain(value: Any, where: str) -> Any:
+    """``value`` as tensors and plain containers of str, int, float, bool and None: what
+    ``torch.load(weights_only=True)`` reads. A type it cannot hold is a TypeError naming where."""
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return value
+    if isinstance(value, np.ndarray):
+        if value.dtype.hasobject:
+            raise TypeError(f"checkpoint: {where} is a numpy array of Python objects")
+        data = np.frombuffer(np.ascontiguousarray(value).tobytes(), dtype=np.uint8).copy()
+        return {_NDARRAY: value.dtype.str, "shape": list(value.shape), "bytes": torch.from_numpy(data)}
+    if isinstance(value, np.generic):
+        return {_NUMPY: value.dtype.str, "value": value.item()}
+    if isinstance(value, dict):
+        plain = (
+            (k.item() if isinstance(k, np.generic) else k, _plain(v, f"{where}[{k!r}]"))
+            for k, v in value.items()
+        )
+        return _like(value, plain)
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if isinstance(value, list) else tuple(items)
+    raise TypeError(f"checkpoint: {where} is a {type(value).__name__}, not tensors and plain data")
+
+
+def _like(value: dict, items: Any) -> dict:
+    """A dict of ``items``; an OrderedDict (a module's state_dict) stays one, with its metadata."""
+    if not isinstance(value, OrderedDict):
+        return dict(items)
+    out: Any = OrderedDict(items)
+    if hasattr(value, "_metadata"):
+        out._metadata = value._metadata
+    return out
+
+
+def _unplain(value: Any) -> Any:
+    """Undo :func:`_plain` (numpy arrays and scalars back, bit for bit)."""
+    if isinstance(value, dict):
+        if _NDARRAY in value and set(value) == {_NDARRAY, "shape", "bytes"}:
+            raw = value["bytes"].cpu().numpy().tobytes()
+            return np.frombuffer(raw, dtype=np.dtype(value[_NDARRAY])).reshape(value["shape"]).copy()
+        if _NUMPY in value and set(value) == {_NUMPY, "value"}:
+            return np.dtype(value[_NUMPY]).type(value["value"])
+        return _like(value, ((k, _unplain(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return [_unplain(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_unplain(v) for v in value)
+    return value
 
 
 def _make_optimizer(config: TrialConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:

@@ -149,8 +149,10 @@ def run_search(request: SearchRequest, *, stream: IO[str] | None = None) -> Sear
         "configure_logging": True,
         "logging_level": "ERROR",
     }
-    if request.address is None:
-        init_kwargs.update(address="local", num_cpus=os.cpu_count(), num_gpus=None)
+    if request.address is None:  # a local search: every Ray process on 127.0.0.1 only
+        from tuneddml.tuning.local_ray import local_init_kwargs
+
+        init_kwargs.update(local_init_kwargs())
     else:
         init_kwargs["address"] = request.address
     ray.init(**init_kwargs)

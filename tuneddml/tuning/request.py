@@ -14,6 +14,7 @@ from typing import Any
 
 from tuneddml.errors import ConfigError
 from tuneddml.results import RUNS_FOLDER, SEARCH_FILE
+from tuneddml.tuning.resume_check import check_resumable
 
 
 @dataclass
@@ -145,6 +146,8 @@ def prepare_search(
         searcher, scheduler, num_samples = meta["searcher"], meta["scheduler"], meta["num_samples"]
         overrides, cpus_per_trial = meta["overrides"], meta["cpus_per_trial"]
         tracking_uri = tracking_uri or meta["tracking_uri"]
+        if not ray_storage:  # Ray's state of the search, read as Ray will read it (no Ray here)
+            check_resumable(storage_path / name, searcher)
     tracking_uri = tracking_uri or default_tracking_uri(".")
     check_tracking_uri(tracking_uri)
     if address is not None:

@@ -3,11 +3,19 @@
 Reports after every epoch with a checkpoint (so a trial that dies on a node resumes from its last
 epoch elsewhere), and turns a diverged loss into a final ``diverged`` result instead of an error,
 so the searcher sees a bad result and Ray does not retry it.
+
+A checkpoint that cannot be restored (missing, truncated, refused: see
+:func:`tuneddml.training.loop.read_checkpoint`) does not cost the trial: :func:`resume_trainer`
+falls back to the trial's newest readable earlier checkpoint (Ray keeps ``num_to_keep`` of them
+beside it, ``<trial folder>/checkpoint_NNNNNN/``), else restarts the trial from its first epoch
+(also when the storage is a URI, whose other checkpoints are not looked for), with one warning line.
 """
 
 from __future__ import annotations
 
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +31,26 @@ def train_trial(params: dict[str, Any], metric: str = "map_at_r") -> None:
     from tuneddml.config import TrialConfig
     from tuneddml.errors import TrialDiverged
     from tuneddml.results import DIVERGED, NODE, diverged_record
-    from tuneddml.training import Trainer
 
     flat = {k: v for k, v in params.items() if not k.startswith("_")}
     node = ray.get_runtime_context().get_node_id()  # which node ran the trial (clusters)
     config = TrialConfig.from_flat(flat)
-    trainer = Trainer(config)
     checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            trainer.restore(Path(folder) / CHECKPOINT_FILE)
+    local = local_checkpoint_folder(checkpoint)
+    if checkpoint is None or local is not None:
+        trainer = resume_trainer(config, local)
+    else:  # on remote storage: this checkpoint, else a fresh start
+        try:
+            with checkpoint.as_directory() as folder:
+                trainer = resume_trainer(config, Path(folder), siblings=False)
+        except Exception as exc:  # not downloadable
+            print(
+                f"warning: checkpoint {checkpoint.path}: unreadable ({type(exc).__name__}); "
+                "the trial restarts from its first epoch",
+                file=sys.stderr,
+                flush=True,
+            )
+            trainer = resume_trainer(config, None)
 
     def report(epoch_report: Any, tr: Any) -> None:
         with tempfile.TemporaryDirectory() as folder:
@@ -46,3 +64,52 @@ def train_trial(params: dict[str, Any], metric: str = "map_at_r") -> None:
         trainer.run(report)
     except TrialDiverged as exc:
         tune.report({**diverged_record(exc.epoch, metric, str(exc)), NODE: node})
+
+
+def local_checkpoint_folder(checkpoint: Any) -> Path | None:
+    """The folder of a Ray ``Checkpoint`` on the local file system (None: none, or remote)."""
+    if checkpoint is None:
+        return None
+    import pyarrow.fs
+
+    if isinstance(getattr(checkpoint, "filesystem", None), pyarrow.fs.LocalFileSystem):
+        return Path(checkpoint.path)
+    return None
+
+
+def resume_trainer(
+    config: Any, latest: Path | None, *, siblings: bool = True, warn: Callable[[str], None] | None = None
+) -> Any:
+    """A ``Trainer`` of ``config`` continued from checkpoint folder ``latest`` (None: a fresh
+    one); if that cannot be restored, from the newest readable other ``checkpoint_*`` folder
+    beside it (``siblings``), else fresh; ``warn`` (default: stderr) gets one line saying which."""
+    from tuneddml.training import Trainer
+    from tuneddml.training.loop import UnreadableCheckpoint, read_checkpoint
+
+    trainer = Trainer(config)
+    if latest is None:
+        return trainer
+    warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
+    candidates = [latest]
+    if siblings and latest.parent.is_dir():
+        candidates += sorted(
+            (p for p in latest.parent.glob("checkpoint_*") if p.name != latest.name), reverse=True
+        )
+    why = ""
+    for folder in candidates:
+        try:
+            state = read_checkpoint(folder / CHECKPOINT_FILE, trainer.device)
+        except UnreadableCheckpoint as exc:
+            why = why or str(exc)
+            continue
+        try:
+            trainer.load_state_dict(state)
+        except Exception as exc:  # a checkpoint of another trial (shapes, keys): not this one's
+            why = why or f"checkpoint {folder / CHECKPOINT_FILE}: not this trial's ({type(exc).__name__})"
+            trainer = Trainer(config)  # half restored: start again from a clean one
+            continue
+        if folder != latest:
+            warn(f"warning: {why}; resumed from {folder.name} (epoch {trainer.epoch}) instead")
+        return trainer
+    warn(f"warning: {why}; no earlier checkpoint restores, so the trial restarts from its first epoch")
+    return trainer
