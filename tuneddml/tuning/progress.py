@@ -5,12 +5,31 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import IO, Any
 
 from ray.tune import Callback
 
-from tuneddml.cli import format_duration
+from tuneddml.cli import format_duration, format_values
+from tuneddml.errors import error_message
+
+
+def trial_error(trial: Any) -> str:
+    """A failed trial's own message in one line (``ConfigError: field: bad value ...``), from the
+    exception Ray kept (the trial's own, if it could be pickled), else its error file."""
+    exc = None
+    try:
+        exc = trial.get_pickled_error()
+    except Exception:  # no pickled error, or one that cannot be loaded here
+        exc = None
+    text = ""
+    if exc is None:
+        try:
+            with open(trial.error_file) as handle:
+                text = handle.read()
+        except (OSError, TypeError):
+            text = ""
+    return error_message(exc, text)
 
 
 class SearchProgress(Callback):
@@ -27,6 +46,7 @@ class SearchProgress(Callback):
         stream: IO[str] | None = None,
         every: float = 30.0,
         events: Callable[[], list[str]] | None = None,
+        searched: Iterable[str] = (),
     ) -> None:
         self.num_samples = num_samples
         self.metric = metric
@@ -45,6 +65,8 @@ class SearchProgress(Callback):
         self.started: dict[str, float] = {}
         self.events = events  # the searcher's own decisions, printed as they happen
         self.events_shown = 0
+        self.searched = tuple(searched)  # the settings the searcher varies, shown for a failed trial
+        self.restored = False  # after a resume: trials that had ended are counted once
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -103,8 +125,14 @@ class SearchProgress(Callback):
             self.done += 1
         last = trial.last_result or {}
         value = last.get(self.metric)
-        shown = f"{self.metric}={value:.4f}" if isinstance(value, (int, float)) else "no result"
-        self._out(f"trial {trial.trial_id} {why} after {last.get('epoch', 0)} epochs: {shown}")
+        if failed or last.get("diverged"):
+            varied = {k: v for k, v in (trial.config or {}).items() if k in self.searched}
+            what = f" ({format_values(varied)})" if varied else ""
+            reason = trial_error(trial) if failed else last.get("error", "diverged")
+            self._out(f"trial {trial.trial_id}{what} {why}: {reason}")
+        else:
+            shown = f"{self.metric}={value:.4f}" if isinstance(value, (int, float)) else "no result"
+            self._out(f"trial {trial.trial_id} {why} after {last.get('epoch', 0)} epochs: {shown}")
         self._searcher_events()
         self._out(self.line())
         self.last_print = time.monotonic()
@@ -115,6 +143,22 @@ class SearchProgress(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ended(trial, True, "failed")
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if self.restored:
+            return
+        self.restored = True  # a resumed search: its trials that had ended before count now
+        for trial in trials:
+            if trial.status in ("TERMINATED", "ERROR"):
+                if trial.status == "ERROR":
+                    self.failed += 1
+                else:
+                    self.done += 1
+                value = (trial.last_result or {}).get(self.metric)
+                if isinstance(value, (int, float)) and self._better(float(value)):
+                    self.best, self.best_trial = float(value), trial.trial_id
+        if self.done or self.failed:
+            self._out(self.line())
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self._searcher_events()
