@@ -52,7 +52,7 @@ def children(uri: str, experiment_id: str, parent: str) -> list:
 def finished_search(tmp_path_factory):
     """One small search, shared by the tests that only read what it left."""
     cwd = tmp_path_factory.mktemp("search")
-    summary = run_search(cwd, "--space=quick", "--num-samples", "3", "--storage", str(cwd / "runs"), *TINY)
+    summary = run_search(cwd, "--space=quick", "--num-samples", "4", "--storage", str(cwd / "runs"), *TINY)
     return cwd, summary
 
 
@@ -60,7 +60,7 @@ def test_search_leaves_one_parent_and_one_child_run_per_trial(finished_search):
     from mlflow.tracking import MlflowClient
 
     cwd, summary = finished_search
-    assert summary["trials"] == {"finished": 3}
+    assert summary["trials"] == {"finished": 4}
     uri = summary["tracking_uri"]
     assert uri == f"sqlite:///{cwd / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -71,8 +71,8 @@ def test_search_leaves_one_parent_and_one_child_run_per_trial(finished_search):
     )
     assert parent.data.metrics["best_map_at_r"] == pytest.approx(summary["best_metrics"]["best_map_at_r"])
     runs = children(uri, summary["experiment_id"], summary["parent_run_id"])
-    assert len(runs) == 3
-    assert len({r.data.tags["tuneddml.trial_id"] for r in runs}) == 3
+    assert len(runs) == 4
+    assert len({r.data.tags["tuneddml.trial_id"] for r in runs}) == 4
     for run in runs:
         assert run.data.tags["tuneddml.status"] == "finished"
         assert run.info.status == "FINISHED"
@@ -82,16 +82,42 @@ def test_search_leaves_one_parent_and_one_child_run_per_trial(finished_search):
         history = client.get_metric_history(run.info.run_id, "map_at_r")
         assert sorted(m.step for m in history) == [1, 2]
         assert "loss/total" in run.data.metrics and "recall_at_1" in run.data.metrics
-        assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["best_checkpoint"]
+        assert Path(run.data.tags["tuneddml.checkpoint"]).is_dir()  # where its checkpoint lies
     artifacts = {a.path for a in client.list_artifacts(summary["parent_run_id"])}
     assert {"results.parquet", "best_config.json", "report"} <= artifacts
+
+
+def test_only_the_best_trials_weights_go_to_mlflow_and_load_weights_only(finished_search, tmp_path):
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from tuneddml.config import TrialConfig
+    from tuneddml.results import row_config
+    from tuneddml.training import Trainer
+    from tuneddml.tuning.outcome import BEST_WEIGHTS
+
+    _cwd, summary = finished_search
+    client = MlflowClient(summary["tracking_uri"])
+    table = sorted(pq.read_table(summary["results"]).to_pylist(), key=lambda r: -r["best.map_at_r"])
+    with_weights = set()
+    for row in table:
+        artifacts = [a.path for a in client.list_artifacts(row["mlflow_run_id"])]
+        assert artifacts in ([], ["model"])  # no checkpoint folder, no optimiser state
+        if artifacts:
+            with_weights.add(row["trial_id"])
+            folder = client.download_artifacts(row["mlflow_run_id"], "model", str(tmp_path / row["trial_id"]))
+            (weights,) = Path(folder).iterdir()
+            state = torch.load(weights, weights_only=True)
+            assert all(isinstance(v, torch.Tensor) for v in state.values())
+            Trainer(TrialConfig.from_flat(row_config(row))).model.load_state_dict(state)
+    assert with_weights == {r["trial_id"] for r in table[:BEST_WEIGHTS]} and len(table) > BEST_WEIGHTS
 
 
 def test_results_table_has_one_row_per_trial(finished_search):
     _cwd, summary = finished_search
     table = pq.read_table(summary["results"]).to_pylist()
-    assert len(table) == 3
-    assert sorted(r["order"] for r in table) == [0, 1, 2]
+    assert len(table) == 4
+    assert sorted(r["order"] for r in table) == [0, 1, 2, 3]
     for row in table:
         assert row["status"] == "finished" and row["epochs"] == 2
         assert 0.0 <= row["metric.map_at_r"] <= 1.0 and row["best.map_at_r"] >= row["metric.map_at_r"] - 1e-12
@@ -306,7 +332,7 @@ def test_mlflow_server_answers_with_the_runs_and_the_ui_shows_them(finished_sear
         )
         with urllib.request.urlopen(request, timeout=30) as response:
             runs = json.load(response)["runs"]
-        assert len(runs) == 4  # the parent and three trials
+        assert len(runs) == 5  # the parent and four trials
         assert {r["info"]["run_id"] for r in runs} >= {summary["parent_run_id"]}
 
         chromium = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -296,7 +296,7 @@ class SearchRun:
             try:
                 self.apply(item)
             except Exception as exc:  # MLflow unreachable or failing: keep it, try again later
-                self.offline = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
+                self.offline = short_reason(exc)
                 with self._wake:
                     self._busy = False
                     self._wake.notify_all()
@@ -312,6 +312,17 @@ class SearchRun:
                 self._queue.popleft()
                 self._busy = False
                 self._wake.notify_all()
+
+    def unsent(self) -> str:
+        """What the outbox still holds, in words (``6 epochs, 2 trial ends, the search's end``)."""
+        names = {"start": "trial starts", "epoch": "epochs", "end": "trial ends", "weights": "weights files"}
+        counts: dict[str, int] = {}
+        for item in self.outbox.pending():
+            counts[item["kind"]] = counts.get(item["kind"], 0) + 1
+        parts = [f"{n} {names.get(k, k)}" for k, n in counts.items() if k != "finish"]
+        if "finish" in counts:
+            parts.append("the search's end")
+        return ", ".join(parts)
 
     def flush(self, timeout: float) -> int:
         """Wait up to ``timeout`` seconds for the outbox to be sent; then stop sending. Returns
@@ -353,3 +364,17 @@ class SearchRun:
             self.client.set_tag(self.parent_run_id, key, str(value))
         self.log_files(files)
         self.client.set_terminated(self.parent_run_id, "FINISHED")
+
+
+def short_reason(exc: BaseException) -> str:
+    """Why an MLflow call failed, in a few words."""
+    text = str(exc)
+    for marker, reason in (
+        ("Connection refused", "connection refused"),
+        ("timed out", "timed out"),
+        ("Name or service not known", "unknown host"),
+        ("Max retries exceeded", "no answer"),
+    ):
+        if marker in text:
+            return reason
+    return f"{type(exc).__name__}: {(text.strip().splitlines() or [''])[0][:150]}"

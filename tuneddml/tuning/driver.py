@@ -354,11 +354,15 @@ def _summarise(
     if unsent:
         storage = f" --storage {request.storage}" if request.storage.resolve() != Path(RUNS_FOLDER).resolve() else ""
         print(
-            f"warning: MLflow at {request.tracking_uri} could not be reached ({search_run.offline}): "
-            f"{unsent} operations not logged, kept in {search_run.outbox.path}",
+            f"warning: MLflow at {request.tracking_uri} could not be reached ({search_run.offline or 'too slow'}); "
+            f"not logged: {search_run.unsent()} ({unsent} operations, kept in {search_run.outbox.path})",
             file=out,
         )
-        print(f"log them once it is back: python -m tuneddml.tracking.sync --name {request.name}{storage}", file=out, flush=True)
+        print(
+            f"log them once it is back: python -m tuneddml.tracking.sync --name {request.name}{storage}",
+            file=out,
+            flush=True,
+        )
     return SearchSummary(
         request.name,
         request.space.name,
