@@ -46,7 +46,7 @@ def test_trials_reach_their_child_runs_and_configs_are_validated_once(tmp_path, 
         trial.last_result = record
     callback.on_trial_result(0, [trial], trial, record)  # a resumed trial's repeat: kept once
     callback.on_trial_complete(0, [trial], trial)
-    assert run.flush(timeout=60) == 0
+    assert run.sender.flush(timeout=60) == 0
     assert len(calls) == 1  # one validation for the trial's events
 
     client = MlflowClient(uri)

@@ -19,9 +19,6 @@ outage never blocks the search; what could not be sent stays there for ``python 
 
 from __future__ import annotations
 
-import threading
-import time
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +26,7 @@ from typing import Any
 from tuneddml.errors import ConfigError
 from tuneddml.results import EPOCH, final_values, record_values
 from tuneddml.tracking.mlflow_store import check_tracking_uri, client, experiment_id, log_metrics, log_params
-from tuneddml.tracking.outbox import Outbox
+from tuneddml.tracking.outbox import Outbox, Sender
 
 TRIAL_TAG = "tuneddml.trial_id"
 STATUS_TAG = "tuneddml.status"
@@ -38,8 +35,8 @@ ERROR_TAG = "tuneddml.error"  # a failed or diverged trial's own message
 CHECKPOINT_TAG = "tuneddml.checkpoint"  # where the trial's best checkpoint lies in the storage
 WEIGHTS_FOLDER = "model"  # the artifact folder of a best trial's weights
 
-# what a pickled SearchRun leaves behind (the client, the outbox and its sender thread)
-_LIVE = ("outbox", "_queue", "_wake", "_thread", "_busy", "_stop")
+# what a pickled SearchRun leaves behind (the client, and the outbox's sender and its thread)
+_LIVE = ("sender",)
 
 
 class SearchRun:
@@ -55,6 +52,7 @@ class SearchRun:
         self.parent_run_id = parent_run_id
         self._client_obj: Any = None
         self.run_ids: dict[str, str] = {}  # trial id -> child run id
+        self.resumed = False  # a resumed search adopts the runs of trials lost by the kill
         self._created: set[str] = set()  # child runs made by this session
         self._logged: dict[str, set[int]] = {}  # child run -> the epochs it holds
         self._final: dict[str, bool] = {}  # child run -> whether its final values are logged
@@ -109,8 +107,9 @@ class SearchRun:
 
         A trial that had started when the driver died, but after Ray's last snapshot of the
         experiment, is unknown to the resumed search, which runs its configuration again under a
-        new trial id. Its child run (still "running", same parameters, trial id not among
-        ``known_trials``) is adopted by the new trial rather than left beside a second one.
+        new trial id. Its child run (same parameters, trial id not among ``known_trials``; a
+        "running" one first) is adopted by the new trial rather than left beside a second one.
+        Only a resumed search (:attr:`resumed`) looks for such runs.
         """
         if trial_id in self.run_ids:
             return self.run_ids[trial_id]
@@ -120,13 +119,12 @@ class SearchRun:
             filter_string=f"{parent} and tags.`{TRIAL_TAG}` = '{trial_id}'",
             max_results=1,
         )
-        if not found:
+        if not found and self.resumed:
             known = set(known_trials) | {trial_id}
             wanted = {str(k): str(v)[:6000] for k, v in config.items()}
-            lost = self.client.search_runs(
-                [self.experiment_id], filter_string=f"{parent} and tags.`{STATUS_TAG}` = 'running'"
-            )
-            found = [r for r in lost if r.data.tags.get(TRIAL_TAG) not in known and r.data.params == wanted][:1]
+            lost = self.client.search_runs([self.experiment_id], filter_string=parent, max_results=5000)
+            lost = [r for r in lost if r.data.tags.get(TRIAL_TAG) not in known and r.data.params == wanted]
+            found = sorted(lost, key=lambda r: r.data.tags.get(STATUS_TAG) != "running")[:1]
             if found:
                 self.client.set_tag(found[0].info.run_id, "tuneddml.lost_trial_id", found[0].data.tags[TRIAL_TAG])
                 self.client.set_tag(found[0].info.run_id, TRIAL_TAG, trial_id)
@@ -234,28 +232,17 @@ class SearchRun:
     # ---- the outbox: what the search loop hands over, sent in the background ------------------
     def use_outbox(self, folder: str | Path) -> None:
         """Send what :meth:`submit` is given through the outbox in ``folder`` (its pending
-        operations, from an earlier session, first), from a background thread: the caller never
-        waits on MLflow."""
-        self.outbox = Outbox(folder)
-        self._queue: deque[dict[str, Any]] = deque(self.outbox.pending())
-        self._wake = threading.Condition()
-        self._busy = False
-        self.offline: str | None = None  # the last error while MLflow could not be reached
-        self._stop = False
-        self._thread = threading.Thread(target=self._send_loop, name="tuneddml-mlflow", daemon=True)
-        self._thread.start()
+        operations, from an earlier session, first), from a background thread
+        (:class:`~tuneddml.tracking.outbox.Sender`): the caller never waits on MLflow."""
+        self.sender = Sender(Outbox(folder), self.apply)
 
     def submit(self, key: str, kind: str, **payload: Any) -> None:
         """Hand one operation over (see :mod:`.outbox`); one already handed over is ignored.
         Without an outbox (:meth:`use_outbox`) the operation is sent at once."""
-        if getattr(self, "outbox", None) is None:
+        if getattr(self, "sender", None) is None:
             self.apply({"op": key, "kind": kind, **payload})
-            return
-        item = self.outbox.add(key, kind, **payload)
-        if item is not None:
-            with self._wake:
-                self._queue.append(item)
-                self._wake.notify_all()
+        else:
+            self.sender.submit(key, kind, **payload)
 
     def apply(self, item: Mapping[str, Any]) -> None:
         """Send one outbox operation to MLflow (idempotent: what the runs hold is checked)."""
@@ -282,59 +269,6 @@ class SearchRun:
             )
         else:
             raise ValueError(f"unknown outbox operation {kind!r}")
-
-    def _send_loop(self) -> None:
-        backoff = 0.5
-        while True:
-            with self._wake:
-                while not self._queue and not self._stop:
-                    self._wake.wait()
-                if not self._queue:
-                    return
-                item = self._queue[0]
-                self._busy = True
-            try:
-                self.apply(item)
-            except Exception as exc:  # MLflow unreachable or failing: keep it, try again later
-                self.offline = short_reason(exc)
-                with self._wake:
-                    self._busy = False
-                    self._wake.notify_all()
-                    if self._stop:
-                        return
-                    self._wake.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
-                continue
-            self.outbox.mark_done(item["op"])
-            self.offline = None
-            backoff = 0.5
-            with self._wake:
-                self._queue.popleft()
-                self._busy = False
-                self._wake.notify_all()
-
-    def unsent(self) -> str:
-        """What the outbox still holds, in words (``6 epochs, 2 trial ends, the search's end``)."""
-        names = {"start": "trial starts", "epoch": "epochs", "end": "trial ends", "weights": "weights files"}
-        counts: dict[str, int] = {}
-        for item in self.outbox.pending():
-            counts[item["kind"]] = counts.get(item["kind"], 0) + 1
-        parts = [f"{n} {names.get(k, k)}" for k, n in counts.items() if k != "finish"]
-        if "finish" in counts:
-            parts.append("the search's end")
-        return ", ".join(parts)
-
-    def flush(self, timeout: float) -> int:
-        """Wait up to ``timeout`` seconds for the outbox to be sent; then stop sending. Returns
-        how many operations are still pending (kept in the outbox for ``python -m tuneddml.tracking.sync``)."""
-        deadline = time.monotonic() + timeout
-        with self._wake:
-            while self._queue and time.monotonic() < deadline:
-                self._wake.wait(min(0.5, max(0.01, deadline - time.monotonic())))
-            self._stop = True
-            self._wake.notify_all()
-        self._thread.join(timeout=max(1.0, deadline - time.monotonic()) if self._busy else 1.0)
-        return len(self.outbox.pending())
 
     # ---- the parent run ---------------------------------------------------------------------
     def log_files(self, paths: Sequence[Path], artifact_path: str | None = None) -> None:
@@ -365,16 +299,3 @@ class SearchRun:
         self.log_files(files)
         self.client.set_terminated(self.parent_run_id, "FINISHED")
 
-
-def short_reason(exc: BaseException) -> str:
-    """Why an MLflow call failed, in a few words."""
-    text = str(exc)
-    for marker, reason in (
-        ("Connection refused", "connection refused"),
-        ("timed out", "timed out"),
-        ("Name or service not known", "unknown host"),
-        ("Max retries exceeded", "no answer"),
-    ):
-        if marker in text:
-            return reason
-    return f"{type(exc).__name__}: {(text.strip().splitlines() or [''])[0][:150]}"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tuneddml.cli import guarded
 from tuneddml.errors import ConfigError
-from tuneddml.results import RUNS_FOLDER, SEARCH_FILE
+from tuneddml.results import RESULTS_FILE, RUNS_FOLDER, SEARCH_FILE, write_results
 from tuneddml.tracking.mlflow_store import check_tracking_uri
 from tuneddml.tracking.outbox import OUTBOX_FILE, Outbox
 from tuneddml.tracking.search_run import SearchRun
@@ -48,10 +48,13 @@ def sync(folder: Path, tracking_uri: str | None = None) -> tuple[int, int]:
     check_tracking_uri(uri)
     outbox = Outbox(folder)
     run = SearchRun(uri, meta["experiment_id"], meta["parent_run_id"])
+    run.resumed = True  # the start of a trial lost by a kill adopts its run, as the search would
     sent = 0
     pending = outbox.pending()
     for item in pending:
         try:
+            if item["kind"] == "finish":  # the table goes to the parent run: name every row's run first
+                relink(folder / RESULTS_FILE, run)
             run.apply(item)
         except Exception as exc:  # the server failed part-way: what is left stays pending
             line = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
@@ -60,6 +63,22 @@ def sync(folder: Path, tracking_uri: str | None = None) -> tuple[int, int]:
         outbox.mark_done(item["op"])
         sent += 1
     return sent, len(pending) - sent
+
+
+def relink(results_file: Path, run: SearchRun) -> None:
+    """Fill in the ``mlflow_run_id`` of the results table's rows whose run was made after the
+    search ended (by this command)."""
+    import pyarrow.parquet as pq
+
+    if not results_file.is_file():
+        return
+    rows = pq.read_table(results_file).to_pylist()
+    if all(r.get("mlflow_run_id") for r in rows):
+        return
+    run_ids = run.lookup_run_ids()
+    for row in rows:
+        row["mlflow_run_id"] = row.get("mlflow_run_id") or run_ids.get(str(row.get("trial_id")))
+    write_results(rows, results_file)
 
 
 @guarded

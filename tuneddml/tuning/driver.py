@@ -123,6 +123,7 @@ def run_search(request: SearchRequest, *, stream: IO[str] | None = None) -> Sear
         if request.resume:
             meta = json.loads(meta_file.read_text())
             search_run = SearchRun(request.tracking_uri, meta["experiment_id"], meta["parent_run_id"])
+            search_run.resumed = True
         else:
             search_run = _start_parent_run(request)
             request.folder.mkdir(parents=True, exist_ok=False)
@@ -211,8 +212,8 @@ def run_search(request: SearchRequest, *, stream: IO[str] | None = None) -> Sear
     except BaseException:
         if not fitting and not request.resume:
             _undo_start(request, search_run, made_folder)
-        elif search_run is not None and hasattr(search_run, "outbox"):
-            search_run.flush(timeout=5)
+        elif search_run is not None and getattr(search_run, "sender", None) is not None:
+            search_run.sender.flush(timeout=5)
         raise
     finally:
         ray.shutdown()
@@ -298,8 +299,8 @@ def _write_meta(request: SearchRequest, search_run: SearchRun, meta_file: Path) 
 def _undo_start(request: SearchRequest, search_run: SearchRun | None, made_folder: bool) -> None:
     """A search that failed before any trial: its parent run and folder go (the name is free)."""
     if search_run is not None:
-        if hasattr(search_run, "outbox"):
-            search_run.flush(timeout=0)
+        if getattr(search_run, "sender", None) is not None:
+            search_run.sender.flush(timeout=0)
         try:
             search_run.client.delete_run(search_run.parent_run_id)
         except Exception as exc:  # the store is unreachable: say what is left behind
@@ -350,12 +351,14 @@ def _summarise(
         files=[str(results_file)],
         report=[REPORT_FOLDER, [str(p) for p in report_files]] if report_files else None,
     )
-    unsent = search_run.flush(timeout=float(os.environ.get("TUNEDDML_MLFLOW_FLUSH_S", "30")))
+    unsent = search_run.sender.flush(timeout=float(os.environ.get("TUNEDDML_MLFLOW_FLUSH_S", "30")))
+    for line in search_run.sender.refused:
+        print(f"warning: MLflow refused {line}", file=out)
     if unsent:
         storage = f" --storage {request.storage}" if request.storage.resolve() != Path(RUNS_FOLDER).resolve() else ""
         print(
-            f"warning: MLflow at {request.tracking_uri} could not be reached ({search_run.offline or 'too slow'}); "
-            f"not logged: {search_run.unsent()} ({unsent} operations, kept in {search_run.outbox.path})",
+            f"warning: MLflow at {request.tracking_uri} could not be reached ({search_run.sender.offline or 'too slow'}); "
+            f"not logged: {search_run.sender.unsent()} ({unsent} operations, kept in {search_run.sender.outbox.path})",
             file=out,
         )
         print(

@@ -36,6 +36,7 @@ def result_rows(grid: Any, request: SearchRequest, search_run: SearchRun) -> tup
         "mode": mode,
         "parent_run_id": search_run.parent_run_id,
     }
+    search_run.sender.wait_sent(timeout=30)  # the trials' runs exist before the rows name them
     run_ids = dict(search_run.run_ids)
     try:
         run_ids = {**search_run.lookup_run_ids(), **run_ids}
