@@ -7,7 +7,7 @@ SPACE ?= contrastive_balance
 export MLFLOW_DISABLE_TELEMETRY := true
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install browser run test lint clean
+.PHONY: install browser postgres run test lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,12 @@ run: install
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
-test: install browser
+# Debian's PostgreSQL binaries (initdb, pg_ctl, postgres) for the test that runs MLflow on PostgreSQL;
+# the test starts and stops its own server (127.0.0.1, a free port), never the system's
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq postgresql >/dev/null)
+
+test: install browser postgres
 	$(PY) -m pytest -q
 
 lint: install

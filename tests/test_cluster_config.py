@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,12 +107,34 @@ def test_installs_the_pinned_torch_from_the_cuda_index(config):
     assert setup.index("torch==") < setup.index(f"-e {mount}")
 
 
-def test_mlflow_server_on_head_is_local_only_with_shared_artifacts(config):
+def test_mlflow_server_on_head_is_local_only_on_postgres_with_shared_artifacts(config):
     start = _commands(config, "head_start_ray_commands")
     server = next(line for line in config["head_start_ray_commands"] if "mlflow server" in line)
     assert "--host 127.0.0.1" in server and "--port 5000" in server
-    assert "sqlite:///$HOME/" in server  # runs on the head's disk
+    # runs in the head's PostgreSQL, over its unix socket (peer auth: no password, no TCP)
+    assert '--backend-store-uri "postgresql:///mlflow?host=/var/run/postgresql"' in server
+    head_setup = _commands(config, "head_setup_commands")
+    assert "apt-get install -y -q postgresql" in head_setup and "createdb -O" in head_setup
+    # the driver for SQLAlchemy's postgresql:// (psycopg 3) is the project's `postgres` extra
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(r.startswith("psycopg") for r in extras["postgres"])
+    assert "-e ~/tuneddml'[postgres]'" in _commands(config, "setup_commands")
     assert '--default-artifact-root "$TUNEDDML_BUCKET/' in server  # artifacts on S3, shared
     assert "TUNEDDML_BUCKET=s3://" in _commands(config, "setup_commands")
     assert "ray start --head" in start and "--dashboard-host=127.0.0.1" in start
     assert "ray start --address=$RAY_HEAD_IP:6379" in _commands(config, "worker_start_ray_commands")
+
+
+def test_every_node_gets_the_clusters_token_and_turns_token_auth_on(config):
+    """Ray 2.60: a node joining by address sends the token only with RAY_AUTH_MODE=token; the token
+    is Ray's default path on every node, copied from a git-ignored file of the laptop's checkout."""
+    local = config["file_mounts"]["~/.ray/auth_token"]
+    assert local == "cluster/auth_token"
+    ignored = (ROOT / "cluster" / ".gitignore").read_text().split()
+    assert Path(local).name in ignored  # a secret: rsync_filter (.gitignore) keeps it out of "."
+    assert ".gitignore" in config["rsync_filter"]
+    setup = config["setup_commands"]  # every node, before its start commands
+    assert any("export RAY_AUTH_MODE=token" in line and ".bashrc" in line for line in setup)
+    assert any("chmod 600 ~/.ray/auth_token" in line for line in setup)
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        assert "RAY_AUTH_MODE=disabled" not in _commands(config, key)

@@ -253,3 +253,41 @@ def test_reads_searches_by_uri_as_from_s3(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as exc:
         main([f"file://{tmp_path / 'runs' / 'missing'}"])
     assert exc.value.code == 2
+
+
+def test_one_corrupt_table_does_not_hide_the_searches_beside_it(tmp_path, capsys):
+    write_search(tmp_path, "good", "tpe", 4, seed=1)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.parquet").write_bytes(b"truncated")
+    assert main(["--storage", str(tmp_path), "--no-plots", "--json"]) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and str(tmp_path / "bad" / "results.parquet") in warnings[0]
+    assert json.loads(captured.out.strip().splitlines()[-1])["trials"] == 4
+
+
+def test_a_stale_recorded_sqlite_store_is_not_created(tmp_path, capsys):
+    folder = write_search(tmp_path / "runs", "s", "tpe", 4, seed=1)
+    stale = tmp_path / "gone" / "mlflow.db"
+    stale.parent.mkdir()
+    (folder / "search.json").write_text(json.dumps({"tracking_uri": f"sqlite:///{stale}", "parent_run_id": "p"}))
+    assert main([str(folder)]) == 0
+    assert not stale.exists() and (folder / "report").is_dir()
+    assert "not logging the figures to run p" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", ["tracking", "out"])
+def test_the_report_writes_nothing_before_it_fails(tmp_path, capsys, bad):
+    folder = write_search(tmp_path / "runs", "s", "tpe", 4, seed=1)
+    (tmp_path / "a-file").write_text("")
+    if bad == "tracking":
+        argv = [str(folder), "--tracking-uri", f"sqlite:///{tmp_path / 'missing.db'}"]
+    else:
+        argv = [str(folder), "--out", str(tmp_path / "a-file" / "report")]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ("--tracking-uri" if bad == "tracking" else "--out") in err[0]
+    assert sorted(p.name for p in folder.iterdir()) == ["results.parquet"]  # no report/ folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "runs"]  # no missing.db

@@ -20,8 +20,60 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise ConfigError("argument", item, "KEY=VALUE, e.g. loss=supcon or loss.lambda=0.3")
+        if key.strip() in out:
+            raise ConfigError(key.strip(), item, f"one setting per key (it is also {key.strip()}={out[key.strip()]})")
         out[key.strip()] = _number_or_text(value.strip())
     return out
+
+
+class DuplicateKey(ValueError):
+    """A mapping (YAML or JSON) names the same key twice: ``key`` and where (``line``, or 0)."""
+
+    def __init__(self, key: Any, line: int = 0) -> None:
+        self.key, self.line = key, line
+        super().__init__(f"duplicate key {key!r}" + (f" (line {line})" if line else ""))
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses a mapping naming a key twice, at any depth (PyYAML keeps the
+    last one silently): raises :class:`DuplicateKey`."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: Any, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: its keys may be overridden
+                continue
+            key = loader.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: the base constructor reports it
+                break
+            if duplicate:
+                raise DuplicateKey(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    Loader.construct_mapping = mapping  # type: ignore[method-assign]
+    return yaml.load(text, Loader=Loader)  # a SafeLoader subclass
+
+
+def load_json(text: str) -> Any:
+    """``json.loads`` that refuses an object naming a key twice: raises :class:`DuplicateKey`."""
+    import json
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in items:
+            if key in out:
+                raise DuplicateKey(key)
+            out[key] = value
+        return out
+
+    return json.loads(text, object_pairs_hook=pairs)
 
 
 def _number_or_text(text: str) -> Any:
@@ -34,7 +86,7 @@ def _number_or_text(text: str) -> Any:
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)  # one line, whatever the message holds
     raise SystemExit(code)
 
 

@@ -13,7 +13,6 @@ stored complete (defaults filled in), so ``to_flat()`` lists every setting of th
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,8 @@ COMPONENTS = {
     "sampler": ("sampler", "sampler_params"),
     "embedding_aug": ("embedding_aug", "embedding_aug_params"),
 }
+#: what numpy's and torch's seeding accept (numpy's legacy seed: [0, 2**32 - 1])
+SEED_RANGE = "[0, 4294967295]"
 #: a dataset loader's runtime argument -> the trial field that supplies it
 DATASET_RUNTIME = {"root": "data_root", "image_size": "image_size"}
 
@@ -143,6 +144,10 @@ class TrialConfig:
         k = self.sampler_params.get("samples_per_class")
         if isinstance(k, int) and self.batch_size % k:
             raise ConfigError("sampler.samples_per_class", k, f"a divisor of batch_size={self.batch_size}")
+        if isinstance(k, int) and self.batch_size // k < 2:
+            raise ConfigError(
+                "sampler.samples_per_class", k, f"at most batch_size/2 = {self.batch_size // 2}: a batch needs two classes or more"
+            )
         if not 0 <= self.fold < self.num_folds:
             raise ConfigError("fold", self.fold, f"an integer in [0, num_folds={self.num_folds})")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
@@ -179,14 +184,13 @@ class TrialConfig:
         path = Path(path)
         if not path.is_file():
             raise ConfigError("--config", str(path), "an existing JSON or YAML file")
+        from tuneddml.cli import DuplicateKey, load_json, load_yaml
+
         text = path.read_text()
         try:
-            if path.suffix in (".yaml", ".yml"):
-                import yaml
-
-                data = yaml.safe_load(text) or {}
-            else:
-                data = json.loads(text)
+            data = (load_yaml(text) if path.suffix in (".yaml", ".yml") else load_json(text)) or {}
+        except DuplicateKey as exc:
+            raise ConfigError(f"--config {path}: {exc.key}", "given twice", "each key once per mapping") from None
         except Exception as exc:
             raise ConfigError("--config", str(path), f"valid JSON/YAML ({exc})") from None
         if not isinstance(data, Mapping):
@@ -253,6 +257,8 @@ _TOP_SPECS = param_specs(
         "steps_per_epoch": "[1, 10000000]",
         "threads": "[1, 1024]",
         "eval_batch_size": "[1, 1000000]",
+        "seed": SEED_RANGE,
+        "fold_seed": SEED_RANGE,
     },
     tuple(pf for _, pf in COMPONENTS.values()),
     "trial config",

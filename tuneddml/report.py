@@ -248,6 +248,68 @@ def log_report(paths: Sequence[Path], targets: Sequence[tuple[str, str]]) -> lis
     return logged
 
 
+# ---------------------------------------------------------------------------------------- checks
+def readable_results(files: Sequence[Any]) -> list[Any]:
+    """The results files that read; one that does not is left out with a one-line warning, so one
+    corrupt table does not hide the searches beside it. ConfigError if none reads."""
+    from tuneddml.results.table import read_results
+
+    good, first = [], None
+    for f in files:
+        try:
+            read_results(f)
+        except ConfigError as exc:
+            first = first or exc
+            if len(files) > 1:
+                print(f"warning: skipped {f}: {exc.expected or exc}"[:199], file=sys.stderr)
+            continue
+        good.append(f)
+    if not good and first is not None:
+        raise first
+    return good
+
+
+def check_out_dir(folder: Path) -> None:
+    """``--out`` (or the default report folder): a folder, or one that can be made, writable."""
+    folder = folder.expanduser().resolve()
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError("--out", str(folder), "a folder for the figures")
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError("--out", str(folder), f"a folder for the figures ({existing} is a file)")
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".tuneddml-probe-", dir=existing))
+    except OSError as exc:
+        raise ConfigError("--out", str(folder), f"a folder you can write in ({exc.strerror or exc})") from None
+
+
+def usable_targets(targets: Sequence[tuple[str, str]], *, explicit: str | None) -> list[tuple[str, str]]:
+    """The parent runs the figures can be logged to: the tracking URI checked (and a sqlite store
+    existing: the report creates none). A bad ``--tracking-uri`` is an error; a stale URI recorded
+    in a search.json is skipped with a warning."""
+    from tuneddml.tracking import check_tracking_uri
+
+    usable = []
+    for uri, run_id in targets:
+        try:
+            check_tracking_uri(uri)
+            if uri.split("://", 1)[0].split("+", 1)[0] == "sqlite":
+                path = Path(uri.split("://", 1)[1][1:])
+                if not path.is_file():
+                    raise ConfigError(
+                        "--tracking-uri", uri, f"an existing sqlite store holding run {run_id} (the report creates none)"
+                    )
+        except ConfigError as exc:
+            if explicit:
+                raise
+            print(f"warning: not logging the figures to run {run_id}: {exc}"[:199], file=sys.stderr)
+            continue
+        usable.append((uri, run_id))
+    return usable
+
+
 # ---------------------------------------------------------------------------------------- CLI
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tuneddml.report", description=__doc__.split("\n")[0])
@@ -278,19 +340,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.top < 1:
         raise ConfigError("--top", args.top, "a positive number of trials")
-    files = find_results(args.results, storage=args.storage, name=args.name)
+    files = readable_results(find_results(args.results, storage=args.storage, name=args.name))
     results = load_results(files)
     column = sort_column(results, args.sort)
+    # everything that can fail is checked before anything is drawn or written
+    targets: list[tuple[str, str]] = []
+    out_dir = Path(args.out) if args.out else default_out_dir(results, args.storage)
+    if not args.no_plots:
+        check_out_dir(out_dir)
+        targets = usable_targets(parent_runs(results, args.tracking_uri), explicit=args.tracking_uri)
     out = sys.stderr if args.json else sys.stdout
     summary = print_report(results, column, args.top, out)
     written: list[Path] = []
     logged: list[str] = []
     if not args.no_plots:
-        written = make_report(results, Path(args.out) if args.out else default_out_dir(results, args.storage))
+        written = make_report(results, out_dir)
         print("\nfigures:" if written else "\nno figure applies to these trials", file=out)
         for path in written:
             print(f"  {path}", file=out)
-        logged = log_report(written, parent_runs(results, args.tracking_uri))
+        logged = log_report(written, targets)
         if logged:
             print(f"logged to MLflow run(s) {', '.join(logged)} under {REPORT_FOLDER}/", file=out)
     if args.json:

@@ -31,8 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", help=f"{', '.join(SCHEDULERS.names())} (default: the space's)")
     p.add_argument("--num-samples", type=int, help="budget: number of trials (default: the space's)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: CPUs / --cpus-per-trial)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument("--gpus-per-trial", type=float, default=0.0)
+    # defaults are None ("not given"): prepare_search fills them in, and refuses a given one that
+    # would change a resumed search
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs each trial reserves (default: 1)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPUs each trial reserves (default: 0)")
     p.add_argument("--address", help="join a running Ray cluster (auto or HOST:PORT); default: a local Ray")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
     p.add_argument(
@@ -42,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume", action="store_true", help="continue an interrupted search (--name, or the latest)"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the searcher")
+    p.add_argument("--seed", type=int, help="seed of the searcher, in [0, 2**32) (default: 0)")
     p.add_argument("--json", action="store_true", help="end with one JSON line summarising the search")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="trial settings to fix, e.g. epochs=2")
     return p

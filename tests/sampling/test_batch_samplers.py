@@ -45,8 +45,10 @@ def test_m_per_class_skips_small_classes_unless_replacement():
     ("sizes", "batch_size", "k", "field", "hint"),
     [
         ([8] * 10, 10, 4, "sampler.samples_per_class", "divisor of batch_size=10"),
-        ([8] * 3, 16, 4, "batch_size", "only 3 classes have >= 4 items"),
-        ([2] * 10, 8, 4, "batch_size", "only 0 classes"),
+        ([8] * 3, 16, 4, "batch_size", "but 3 classes have >= 4 items"),
+        ([2] * 10, 8, 4, "sampler.samples_per_class", "at most 2, the second-largest class"),
+        ([9, 3, 2], 8, 4, "sampler.samples_per_class", "at most 3, the second-largest class"),
+        ([8] * 10, 8, 8, "sampler.samples_per_class", "needs two classes"),  # a batch of one class
     ],
 )
 def test_m_per_class_explains_what_does_not_fit(sizes, batch_size, k, field, hint):

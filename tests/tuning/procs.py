@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import secrets
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -15,17 +19,65 @@ import psutil
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def child_env(ray_tmp: str | None = None) -> dict[str, str]:
-    env = dict(os.environ)
+RAY_AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+_TOKEN_FILES: dict[str, Path] = {}
+
+
+def ray_token_file(name: str = "session") -> Path:
+    """A Ray auth token of the tests' own (never the user's ``~/.ray/auth_token``), one per name
+    and process, in a fresh folder removed at exit."""
+    if name not in _TOKEN_FILES:
+        folder = tempfile.mkdtemp(prefix="tdml-tok-", dir="/tmp")
+        atexit.register(shutil.rmtree, folder, True)
+        path = Path(folder) / "auth_token"
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+        _TOKEN_FILES[name] = path
+    return _TOKEN_FILES[name]
+
+
+def child_env(ray_tmp: str | None = None, token: Path | None = None) -> dict[str, str]:
+    """The environment of a test's child process, with Ray's default security: no ``RAY_AUTH_MODE``
+    (a local ``ray.init()`` turns token auth on), the token read from ``token`` (default: the
+    session's own file) through ``RAY_AUTH_TOKEN_PATH``; nothing of the user's Ray auth settings."""
+    env = {k: v for k, v in os.environ.items() if k not in RAY_AUTH_VARS}
     env.update(
         MLFLOW_DISABLE_TELEMETRY="true",
         RAY_USAGE_STATS_ENABLED="0",
-        RAY_AUTH_MODE="disabled",
         PYTHONUNBUFFERED="1",
+        RAY_AUTH_TOKEN_PATH=str(token or ray_token_file()),
     )
     if ray_tmp:
         env["RAY_TMPDIR"] = ray_tmp
     return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def bin_path(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with this interpreter's scripts (ray, mlflow) first on PATH."""
+    return env | {"PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"}
+
+
+def start_ray_node(
+    cwd: Path, env: dict[str, str], log: Path, head_port: int, head: bool, num_cpus: int = 1
+) -> subprocess.Popen:
+    """``ray start --block`` of a head (on ``head_port``) or of a worker node joining it, on 127.0.0.1."""
+    where = ["--head", f"--port={head_port}", "--include-dashboard=false"] if head else [f"--address=127.0.0.1:{head_port}"]
+    args = ["ray", "start", "--block", *where, "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}"]
+    return start([*args, "--disable-usage-stats"], cwd, bin_path(env), log)
 
 
 def short_tmp(prefix: str) -> str:
@@ -83,3 +135,91 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):  # ty
             return value
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+# ---- PostgreSQL and an MLflow server on it -------------------------------------------------------
+def postgres_bin() -> Path | None:
+    """Debian's PostgreSQL binaries (package ``postgresql``), the newest version installed."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return found[-1].parent if found else None
+
+
+class Postgres:
+    """A PostgreSQL of the test's own: ``initdb`` in a fresh folder, listening on 127.0.0.1 only
+    (its unix socket in a short folder of its own), trust auth for one user; stopped by
+    ``pg_ctl stop`` and its PID. As root it runs as the ``postgres`` user (PostgreSQL refuses root)."""
+
+    user = "tuneddml"
+
+    def __init__(self) -> None:
+        bindir = postgres_bin()
+        assert bindir is not None, "PostgreSQL binaries are installed by `make test` (apt-get install postgresql)"
+        self.bin = bindir
+        self.root = Path(tempfile.mkdtemp(prefix="tdml-pg-", dir="/tmp"))
+        self.data = self.root / "data"
+        self.port = free_port()
+        self.log = self.root / "postgres.log"
+        self.pid: int | None = None
+        self._as = ["setpriv", "--reuid=postgres", "--regid=postgres", "--clear-groups"] if os.geteuid() == 0 else []
+        if self._as:
+            shutil.chown(self.root, "postgres", "postgres")
+
+    def _run(self, *args: str, timeout: float = 60) -> None:
+        proc = subprocess.run([*self._as, *args], capture_output=True, text=True, timeout=timeout, cwd=self.root)
+        log = self.log.read_text()[-1500:] if self.log.exists() else ""
+        assert proc.returncode == 0, f"{args[0]}: {proc.stdout[-1500:]} {proc.stderr[-1500:]} {log}"
+
+    def start(self) -> Postgres:
+        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", self.user, "--auth=trust", "-E", "UTF8", "--no-sync")
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off"
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start")
+        self.pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        self._run(str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, "mlflow")
+        return self
+
+    @property
+    def uri(self) -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/mlflow"
+
+    def stop(self) -> None:
+        if self.pid is not None:
+            try:
+                self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+            except AssertionError:
+                pass
+            try:
+                stop_tree(psutil.Process(self.pid))
+            except psutil.NoSuchProcess:
+                pass
+            self.pid = None
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_mlflow_server(backend_uri: str, folder: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """``mlflow server`` on 127.0.0.1 (one worker, no job runner), artifacts under ``folder``;
+    returns the process (stop it with :func:`stop_tree`) and its URL once it answers."""
+    import urllib.request
+
+    port = free_port()
+    args = [
+        str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", backend_uri,
+        "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+        "--workers", "1",
+    ]
+    server = start(args, folder, env | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, folder / "mlflow-server.log")
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        assert server.poll() is None, (folder / "mlflow-server.log").read_text()[-3000:]
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(healthy, 120, "the MLflow server")
+    except BaseException:
+        stop_tree(server)
+        raise
+    return server, url

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -15,10 +16,14 @@ import pytest
 from tests.tuning.procs import (
     ROOT,
     child_env,
+    free_port,
     kill_tree_hard,
+    port_open,
+    ray_token_file,
     search_command,
     short_tmp,
     start,
+    start_ray_node,
     stop_tree,
     wait_for,
 )
@@ -204,59 +209,24 @@ def test_resume_after_the_driver_is_killed_is_exact(tmp_path):
         assert sorted(seconds) == [1, 2, 3] and all(len(v) == 1 for v in seconds.values()), records
 
 
-def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
+@pytest.fixture(scope="module")
+def auth_cluster(tmp_path_factory):
+    """A 2-node loopback Ray cluster with Ray's default security. Its token is the tests' own
+    (``RAY_AUTH_TOKEN_PATH``, never the user's ``~/.ray``); the head is started with no
+    ``RAY_AUTH_MODE`` and turns token auth on because a token exists (as it does on any machine
+    where a local search has run); the joining worker node exports ``RAY_AUTH_MODE=token``, which
+    Ray requires of a node joining by address."""
+    folder = tmp_path_factory.mktemp("cluster")
     ray_tmp = short_tmp("rt")
-    env = child_env(ray_tmp)
-    port = _free_port()
-    head = start(
-        [
-            "ray",
-            "start",
-            "--head",
-            "--block",
-            f"--port={port}",
-            "--node-ip-address=127.0.0.1",
-            "--num-cpus=1",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-        ],
-        tmp_path,
-        env | {"PATH": f"{Path(search_command()[0]).parent}:{env['PATH']}"},
-        tmp_path / "head.log",
-    )
+    env = child_env(ray_tmp, token=ray_token_file("cluster"))
+    port = free_port()
+    head = start_ray_node(folder, env, folder / "head.log", port, head=True)
     worker = None
     try:
-        wait_for(lambda: _port_open(port), 60, "the Ray head")
-        worker = start(
-            [
-                "ray",
-                "start",
-                "--block",
-                f"--address=127.0.0.1:{port}",
-                "--node-ip-address=127.0.0.1",
-                "--num-cpus=1",
-                "--disable-usage-stats",
-            ],
-            tmp_path,
-            env | {"PATH": f"{Path(search_command()[0]).parent}:{env['PATH']}"},
-            tmp_path / "worker.log",
-        )
-        wait_for(lambda: _nodes_alive(port, env) >= 2, 90, "two live nodes")
-        summary = run_search(
-            tmp_path,
-            "--space=quick",
-            "--num-samples",
-            "4",
-            "--address",
-            f"127.0.0.1:{port}",
-            "--storage",
-            str(tmp_path / "runs"),
-            *TINY,
-            env=env,
-        )
-        table = pq.read_table(summary["results"]).to_pylist()
-        assert len(table) == 4 and all(r["status"] == "finished" for r in table)
-        assert len({r["node_id"] for r in table}) == 2
+        wait_for(lambda: port_open(port), 60, "the Ray head")
+        worker = start_ray_node(folder, env | {"RAY_AUTH_MODE": "token"}, folder / "worker.log", port, head=False)
+        wait_for(lambda: _nodes_alive(port, env | {"RAY_AUTH_MODE": "token"}) >= 2, 90, "two live nodes")
+        yield f"127.0.0.1:{port}", env
     finally:
         for proc in (worker, head):
             if proc is not None:
@@ -264,22 +234,49 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def _free_port() -> int:
-    import socket
+def test_two_node_cluster_runs_trials_on_both_nodes(auth_cluster, tmp_path):
+    """The driver gets only what a user has: the cluster's token (here RAY_AUTH_TOKEN_PATH; on a
+    machine, ~/.ray/auth_token), no RAY_AUTH_MODE."""
+    address, env = auth_cluster
+    assert "RAY_AUTH_MODE" not in env
+    summary = run_search(
+        tmp_path, "--space=quick", "--num-samples", "4", "--address", address,
+        "--storage", str(tmp_path / "runs"), *TINY, env=env,
+    )
+    table = pq.read_table(summary["results"]).to_pylist()
+    assert len(table) == 4 and all(r["status"] == "finished" for r in table)
+    assert len({r["node_id"] for r in table}) == 2
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
+def test_the_cluster_refuses_a_driver_without_its_token(auth_cluster, tmp_path, monkeypatch):
+    """Token auth is on: without the token, or with another one, --address ends with exit 2 and one
+    line naming the token setting, before anything is written."""
+    from tuneddml.errors import ConfigError
+    from tuneddml.tuning.ray_address import check_address, probe
 
-def _port_open(port: int) -> bool:
-    import socket
+    address, env = auth_cluster
+    cut = {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN_PATH"}
+    assert probe(address, cut | {"HOME": str(tmp_path)}) == "auth"  # no token at all: refused
+    assert probe(address, env | {"RAY_AUTH_MODE": "token"}) == "ok"
 
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
+    other = child_env(token=ray_token_file("other")) | {"RAY_AUTH_MODE": "token"}
+    proc = subprocess.run(
+        search_command("--space=quick", "--address", address, *TINY),
+        cwd=tmp_path, env=other, capture_output=True, text=True, timeout=120,
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and len(lines[0]) < 200, proc.stderr[-2000:]
+    assert "--address" in lines[0] and "RAY_AUTH_TOKEN" in lines[0]
+    assert os.listdir(tmp_path) == []
+
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token there
+    with pytest.raises(ConfigError, match="RAY_AUTH_TOKEN"):
+        check_address(address)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    with pytest.raises(ConfigError, match="RAY_AUTH_MODE unset or token"):
+        check_address(address)
 
 
 def _nodes_alive(port: int, env: dict[str, str]) -> int:
@@ -302,7 +299,7 @@ def _nodes_alive(port: int, env: dict[str, str]) -> int:
 
 def test_mlflow_server_answers_with_the_runs_and_the_ui_shows_them(finished_search, tmp_path):
     cwd, summary = finished_search
-    port = _free_port()
+    port = free_port()
     env = child_env() | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     mlflow = str(Path(search_command()[0]).parent / "mlflow")
     server = start(

@@ -59,7 +59,7 @@ class FileItems:
                 out[row] = decode_image(source, self.image_size)
             except _DECODE_ERRORS as exc:
                 raise ConfigError(
-                    self.field, _describe(source, int(i)), f"a readable image ({exc})"
+                    self.field, _describe(source, int(i)), f"a readable image ({_reason(exc, source)})"
                 ) from None
         return out
 
@@ -74,6 +74,14 @@ def _describe(source: Source, index: int) -> str:
     return f"image bytes of row {index}" if isinstance(source, bytes) else str(source)
 
 
+def _reason(exc: Exception, source: Source) -> str:
+    """Pillow's message without the path it repeats (the error names the file already)."""
+    text = str(exc)
+    if not isinstance(source, bytes):
+        text = text.replace(f" '{source}'", "").replace(str(source), "").strip()
+    return text or type(exc).__name__
+
+
 def _verify(source: Source) -> str | None:
     """None if Pillow can parse the image's header (and, for PNG, its chunks), else the reason."""
     try:
@@ -82,7 +90,7 @@ def _verify(source: Source) -> str | None:
     except FileNotFoundError:
         return "missing"
     except _DECODE_ERRORS as exc:
-        return f"unreadable ({exc})"
+        return f"unreadable ({_reason(exc, source)})"
     return None
 
 

@@ -55,7 +55,7 @@ from tuneddml.errors import ConfigError
 
 #: bump when the rendering or merging changes, so old caches are not reused
 PIPELINE_VERSION = 1
-_RANGES = {"image_size": "[8, 512]", "min_fonts": "[1, 10000]"}
+_RANGES = {"image_size": "[8, 512]", "min_fonts": "[1, 10000]", "split_seed": "[0, 4294967295]"}
 
 
 @DATASETS.register("glyphs", ranges=_RANGES, runtime=RUNTIME)

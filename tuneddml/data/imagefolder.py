@@ -22,10 +22,10 @@ from tuneddml.errors import ConfigError
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 )
-LAYOUT = "a folder with one sub-folder of images per class (or train/ and test/ folders of such sub-folders)"
+LAYOUT = "a folder of class sub-folders of images (or train/ and test/ holding such)"
 
 
-@DATASETS.register("imagefolder", ranges={"image_size": "[8, 1024]"}, runtime=RUNTIME)
+@DATASETS.register("imagefolder", ranges={"image_size": "[8, 1024]", "split_seed": "[0, 4294967295]"}, runtime=RUNTIME)
 def load_imagefolder(
     *,
     root: str | None = None,
@@ -96,5 +96,6 @@ def _class_folders(folder: Path, top: Path) -> dict[str, list[Path]]:
         if files:
             classes[sub.name] = files
     if not classes:
-        raise ConfigError("data_root", str(top), f"{LAYOUT}; no class folder with images in {folder}")
+        inside = "" if folder == top else f" in {folder.name}/"
+        raise ConfigError("data_root", str(top), f"{LAYOUT}; no class folder with images{inside}")
     return classes

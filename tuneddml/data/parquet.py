@@ -29,7 +29,7 @@ from tuneddml.errors import ConfigError
 SPLIT_VALUES = ("train", "test", "query", "gallery")
 
 
-@DATASETS.register("parquet", ranges={"image_size": "[8, 1024]"}, runtime=RUNTIME)
+@DATASETS.register("parquet", ranges={"image_size": "[8, 1024]", "split_seed": "[0, 4294967295]"}, runtime=RUNTIME)
 def load_parquet(
     *,
     root: str | None = None,

@@ -81,6 +81,31 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "neg_strategy": ("easy", "semihard", "hard", "all"),
     "variant": ("Ds", "Dq", "Iu", "Ib", "O"),
 }
+#: ranges of pml parameters, by name, where pml's docs define them or its formulas need them:
+#: scales and temperatures divide or multiply logits (> 0); margins are distances or similarities
+#: gaps on pml's default distance (>= 0), angular margins in degrees (ArcFace, Tuplet: [0, 180)),
+#: integer angle multipliers (Large-Margin, SphereFace: >= 1); counts >= 1; AngularLoss's alpha is
+#: an angle in degrees (0, 90) (pml: "the paper uses values between 36 and 55"); momenta, the
+#: RankedList imbalance in [0, 1]; regularisers and epsilons >= 0
+_RANGE_BY_NAME = {
+    **dict.fromkeys(("temperature", "softmax_scale", "scale", "la", "gamma", "beta", "Tn", "anneal"), "(0, inf)"),
+    **dict.fromkeys(("margin", "pos_margin", "neg_margin", "nu", "pos_eps", "neg_eps", "Tp"), "[0, inf)"),
+    **dict.fromkeys(("lambda_plus", "lambda_minus"), "[0, inf)"),
+    **dict.fromkeys(("num_bins", "n_bins", "centers_per_class", "sub_centers"), "[1, inf)"),
+    **dict.fromkeys(("momentum", "imbalance"), "[0, 1]"),
+}
+_RANGE_BY_CLASS = {
+    ("ArcFaceLoss", "margin"): "[0, 180)",
+    ("SubCenterArcFaceLoss", "margin"): "[0, 180)",
+    ("TupletMarginLoss", "margin"): "[0, 180)",
+    ("LargeMarginSoftmaxLoss", "margin"): "[1, inf)",
+    ("SphereFaceLoss", "margin"): "[1, inf)",
+    ("AngularLoss", "alpha"): "(0, 90)",
+    ("MultiSimilarityLoss", "alpha"): "(0, inf)",
+    ("ProxyAnchorLoss", "alpha"): "(0, inf)",
+    ("PNPLoss", "alpha"): "(0, inf)",
+    ("PNPLoss", "b"): "(0, inf)",
+}
 _EXCLUDED_REASONS = {
     "CrossBatchMemory": "a wrapper: needs another loss object",
     "MultipleLosses": "a wrapper: needs a list of loss objects (use loss=ensemble)",
@@ -128,9 +153,25 @@ class PmlMiner(Miner):
         return tuple(self.inner(embeddings, labels))
 
 
+def pml_ranges(cls: type, params: list[inspect.Parameter]) -> dict[str, str]:
+    """The declared range of each numeric parameter of ``cls`` that has one (see _RANGE_BY_NAME)."""
+    out = {}
+    for p in params:
+        if p.annotation in (int, float) or p.annotation in (int | None, float | None):
+            rng = _RANGE_BY_CLASS.get((cls.__name__, p.name)) or _RANGE_BY_NAME.get(p.name)
+            if rng is not None:
+                out[p.name] = rng
+    return out
+
+
 def _construct(cls: type, args: dict[str, Any], field: str) -> Any:
-    if "triplets_per_anchor" in args and str(args["triplets_per_anchor"]).isdigit():
-        args["triplets_per_anchor"] = int(args["triplets_per_anchor"])
+    if "triplets_per_anchor" in args:
+        text = str(args["triplets_per_anchor"])
+        if text != "all" and not (text.isdigit() and int(text) >= 1):
+            raise ConfigError(
+                f"{field}.triplets_per_anchor", args["triplets_per_anchor"], "all or a positive integer"
+            )
+        args["triplets_per_anchor"] = int(text) if text.isdigit() else text
     try:
         return cls(**args)
     except (AssertionError, ValueError, TypeError) as err:
@@ -304,7 +345,7 @@ def _register_all() -> None:
         family = "proxy" if runtime else "pair"  # owns per-class vectors iff it takes their shape
         attrs = {"runtime_args": runtime, "miner_outputs": outputs, "family": family}
         trial_args = ("num_classes", "embedding_size", "miner")
-        LOSSES.register(name, runtime=trial_args)(
+        LOSSES.register(name, runtime=trial_args, ranges=pml_ranges(cls, params))(
             _with_signature(PmlLoss, cls, params, hints, trial_args, attrs)
         )
 
@@ -319,7 +360,7 @@ def _register_all() -> None:
         if output is None:
             EXCLUDED[name] = "returns neither triplets nor pairs"
             continue
-        MINERS.register(name)(_with_signature(PmlMiner, cls, params, hints, (), {"output": output}))
+        MINERS.register(name, ranges=pml_ranges(cls, params))(_with_signature(PmlMiner, cls, params, hints, (), {"output": output}))
 
 
 def available() -> bool:

@@ -32,15 +32,29 @@ class MPerClass(BatchSampler):
         if batch_size % self.k:
             raise ConfigError("sampler.samples_per_class", self.k, f"a divisor of batch_size={batch_size}")
         p = batch_size // self.k
-        eligible = len(self._eligible(labels))
+        if p < 2:
+            raise ConfigError(
+                "sampler.samples_per_class",
+                self.k,
+                f"at most batch_size/2 = {batch_size // 2}: a batch of batch_size={batch_size} needs two "
+                "classes or more (one class has no negatives)",
+            )
+        sizes = np.unique(labels, return_counts=True)[1]  # counts only: cheap on 100k items
+        eligible = len(sizes) if self.replacement else int((sizes >= self.k).sum())
+        if p > eligible and eligible < 2:  # K itself is the problem: larger than the classes
+            largest = int(np.sort(sizes)[-2]) if len(sizes) > 1 else int(sizes.max())
+            raise ConfigError(
+                "sampler.samples_per_class",
+                self.k,
+                f"at most {largest}, the second-largest class, so that a batch holds 2 classes; "
+                "or sampler.replacement=true",
+            )
         if p > eligible:
-            sizes = np.bincount(np.unique(labels, return_inverse=True)[1])
             raise ConfigError(
                 "batch_size",
                 batch_size,
-                f"at most {eligible * self.k}: batch_size/samples_per_class = {p} classes per batch, but only "
-                f"{eligible} classes have >= {self.k} items (largest class: {sizes.max()}); lower batch_size, "
-                "lower sampler.samples_per_class, or set sampler.replacement=true",
+                f"at most {eligible * self.k}: {p} classes of K={self.k} per batch, but {eligible} classes have "
+                f">= {self.k} items; lower batch_size or K, or sampler.replacement=true",
             )
 
     def batches(self, labels: np.ndarray, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:

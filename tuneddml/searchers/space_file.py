@@ -65,9 +65,14 @@ def read_space(path: Path) -> dict[str, Any]:
     fields of a :class:`~tuneddml.searchers.space.SearchSpace`."""
     import yaml
 
+    from tuneddml.cli import DuplicateKey, load_yaml
+
     where = display_path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
+    except DuplicateKey as exc:
+        at = f"line {exc.line}" if exc.line else "the file"
+        raise ConfigError(f"{where}: {exc.key}", f"given twice ({at})", "each key once per mapping") from None
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(where, "unreadable YAML", f"a YAML mapping ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, Mapping):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,16 +53,10 @@ class SearchRequest:
 
 
 def _check_address(address: str) -> None:
-    if address == "auto":
-        return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError("--address", address, "auto or HOST:PORT of a running Ray head")
-    try:
-        with socket.create_connection((host, int(port)), timeout=3):
-            pass
-    except OSError as exc:
-        raise ConfigError("--address", address, f"a reachable Ray head ({exc.strerror or exc})") from None
+    """Ask Ray whether a driver can join ``address`` (a subprocess: this module imports no Ray)."""
+    from tuneddml.tuning.ray_address import check_address
+
+    check_address(address)
 
 
 def prepare_search(
@@ -73,22 +66,40 @@ def prepare_search(
     scheduler: str | None = None,
     num_samples: int | None = None,
     max_concurrent: int | None = None,
-    cpus_per_trial: float = 1.0,
-    gpus_per_trial: float = 0.0,
+    cpus_per_trial: float | None = None,
+    gpus_per_trial: float | None = None,
     address: str | None = None,
     tracking_uri: str | None = None,
     storage: str | None = None,
     name: str | None = None,
     resume: bool = False,
     overrides: dict[str, Any] | None = None,
-    seed: int = 0,
+    seed: int | None = None,
 ) -> SearchRequest:
-    """Validate every input; raises ConfigError naming the bad one. Starts nothing."""
+    """Validate every input; raises ConfigError naming the bad one. Starts nothing.
+
+    ``None`` means "not given": the space's or the built-in default (1 CPU and no GPU per trial,
+    seed 0); on ``--resume``, what the search recorded, and a given value must equal it."""
     from tuneddml.searchers import check_searcher
     from tuneddml.searchers.schedulers import SCHEDULERS
     from tuneddml.searchers.space import load_space
     from tuneddml.tracking import check_tracking_uri, default_tracking_uri
 
+    given = {
+        "--searcher": searcher,
+        "--scheduler": scheduler,
+        "--num-samples": num_samples,
+        "--max-concurrent": max_concurrent,
+        "--cpus-per-trial": cpus_per_trial,
+        "--gpus-per-trial": gpus_per_trial,
+        "--seed": seed,
+        "--tracking-uri": tracking_uri,
+    }
+    cpus_per_trial = 1.0 if cpus_per_trial is None else cpus_per_trial
+    gpus_per_trial = 0.0 if gpus_per_trial is None else gpus_per_trial
+    seed = 0 if seed is None else seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise ConfigError("--seed", seed, f"an integer in [0, 2**32 - 1 = {SEED_LIMIT - 1}]")
     loaded = load_space(space)
     searcher = searcher or loaded.searcher
     check_searcher(searcher)
@@ -116,10 +127,7 @@ def prepare_search(
             raise ConfigError("--storage", storage, "a folder or a URI of s3, gs, abfs, hdfs or file")
         ray_storage, storage = storage.rstrip("/"), None
     storage_path = Path(storage or RUNS_FOLDER).expanduser().resolve()
-    if storage_path.exists() and not storage_path.is_dir():
-        raise ConfigError("--storage", str(storage_path), "a folder")
-    if not storage_path.parent.is_dir():
-        raise ConfigError("--storage", str(storage_path), "a path whose parent folder exists")
+    _check_storage(storage_path)
     if resume:
         name = name or _latest_search(storage_path, loaded.name)
         meta_file = storage_path / name / SEARCH_FILE
@@ -132,6 +140,7 @@ def prepare_search(
                 " ".join(f"{k}={v}" for k, v in overrides.items()),
                 "no KEY=VALUE settings: a resumed search keeps the settings it started with",
             )
+        _check_resume_flags(given, meta, loaded)
         # a resumed search is the same search: its budget, searcher and settings come from its record
         searcher, scheduler, num_samples = meta["searcher"], meta["scheduler"], meta["num_samples"]
         overrides, cpus_per_trial = meta["overrides"], meta["cpus_per_trial"]
@@ -164,7 +173,63 @@ def prepare_search(
         ray_storage,
     )
     loaded.validate_overrides(request.fixed)
+    from tuneddml.tuning.preflight import check_trials
+
+    # data, sampler, loss and metric of the representative points
+    check_trials(loaded, request.fixed, cluster=address is not None)
     return request
+
+
+#: seeds numpy and torch accept: [0, 2**32)
+SEED_LIMIT = 2**32
+#: flag -> its key in search.json (the flags that define a search: a resume may not change them)
+_RECORDED = {
+    "--searcher": "searcher",
+    "--scheduler": "scheduler",
+    "--num-samples": "num_samples",
+    "--max-concurrent": "max_concurrent",
+    "--cpus-per-trial": "cpus_per_trial",
+    "--gpus-per-trial": "gpus_per_trial",
+    "--seed": "seed",
+    "--tracking-uri": "tracking_uri",
+}
+
+
+def _check_resume_flags(given: dict[str, Any], meta: dict[str, Any], space: Any) -> None:
+    """A resumed search is the search it was: a flag given with ``--resume`` must equal what
+    ``search.json`` recorded (a flag it did not record cannot be shown equal, so it is refused)."""
+    changed = [
+        f"{flag} {value}"
+        for flag, value in given.items()
+        if value is not None and (_RECORDED[flag] not in meta or meta[_RECORDED[flag]] != value)
+    ]
+    recorded = meta.get("space_file")
+    if recorded and space.path is not None and Path(recorded).resolve() != Path(space.path).resolve():
+        changed.insert(0, f"--space {space.path}")
+    if changed:
+        shown = ", ".join(changed)
+        shown = shown if len(shown) < 80 else shown[:77] + "..."
+        raise ConfigError(
+            "--resume", shown, "no flag that changes the search: it keeps the settings it was started with"
+        )
+
+
+def _check_storage(path: Path) -> None:
+    """``--storage``: a folder (or a path whose parent is a folder) this process can create files in.
+    Tried for real (a temporary folder, removed at once): permission bits do not bind root."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError("--storage", str(path), "a folder")
+    if not path.parent.is_dir():
+        raise ConfigError("--storage", str(path), "a path whose parent folder exists")
+    target = path if path.exists() else path.parent
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".tuneddml-probe-", dir=target))
+    except OSError as exc:
+        raise ConfigError(
+            "--storage", str(path), f"a folder you can write in ({target}: {exc.strerror or exc})"
+        ) from None
 
 
 def _latest_search(storage: Path, space_name: str) -> str:
