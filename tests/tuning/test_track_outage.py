@@ -15,17 +15,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.tuning.procs import child_env, search_command, start, stop_tree, wait_for
+from tests.tuning.procs import child_env, free_port, search_command, start, stop_tree, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _healthy(port: int) -> bool:
@@ -52,7 +44,7 @@ def _server(tmp_path: Path, port: int, env: dict[str, str], log: str) -> subproc
 def test_a_search_outlives_its_tracking_server_and_the_sync_command_logs_the_rest(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    port = _free_port()
+    port = free_port()
     env = child_env() | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     server = _server(tmp_path, port, env, "server1.log")
     uri = f"http://127.0.0.1:{port}"
