@@ -131,6 +131,12 @@ def test_results_table_has_one_row_per_trial(finished_search):
     assert best["trial_id"] == summary["best_trial"]
 
 
+def _seconds(shown: str) -> int:
+    """``1m05s`` -> 65 (the progress lines' elapsed time)."""
+    minutes, _, seconds = shown.rstrip("s").rpartition("m")
+    return int(minutes or 0) * 60 + int(seconds or 0)
+
+
 def _snapshot_statuses(folder: Path) -> dict[str, str]:
     """Trial id -> status in Ray's latest experiment snapshot."""
     latest = sorted(folder.glob("experiment_state-*.json"))[-1]
@@ -171,6 +177,7 @@ def test_resume_after_the_driver_is_killed_is_exact(tmp_path):
     folder = storage / "killed"
     ended = [json.loads(line)["trial_id"] for line in (folder / "finished.jsonl").read_text().splitlines()]
     assert ended and all(_snapshot_statuses(folder).get(t) != "TERMINATED" for t in ended)  # the lag case
+    elapsed = json.loads((folder / "progress.json").read_text())["elapsed_s"]
 
     proc = subprocess.run(
         search_command("--space=quick", "--storage", str(storage), "--name", "killed", "--resume", "--json"),
@@ -186,6 +193,9 @@ def test_resume_after_the_driver_is_killed_is_exact(tmp_path):
     summary = json.loads(lines[0])
     assert summary["trials"] == {"finished": 3} and summary["mlflow_unsent"] == 0
     assert "trials 3/3 done (0 failed)" in proc.stderr
+    # the search's clock goes on from where the killed driver left it
+    after = _seconds(re.findall(r"^\[(\w+)\] trials", proc.stderr, re.M)[0])
+    assert elapsed > 1 and after >= int(elapsed)
 
     from mlflow.tracking import MlflowClient
 

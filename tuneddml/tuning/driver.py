@@ -144,6 +144,7 @@ def run_search(request: SearchRequest, *, stream: IO[str] | None = None) -> Sear
             concurrency=request.max_concurrent,
             stream=out,
             searched=space.parameters,
+            folder=str(request.folder),
         )
         callbacks = [progress, tracker, TrialLedger(request.folder)]
         if request.resume:

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import IO, Any
 
 from ray.tune import Callback
 
 from tuneddml.cli import format_duration, format_values
 from tuneddml.errors import error_message
+
+PROGRESS_FILE = "progress.json"  # in the search's folder: its elapsed time when last printed
+
+
+def _elapsed_before(folder: str | None) -> float:
+    """The elapsed seconds a search had reached (0 for a new one)."""
+    if not folder:
+        return 0.0
+    try:
+        return max(0.0, float(json.loads((Path(folder) / PROGRESS_FILE).read_text())["elapsed_s"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
 
 
 def trial_error(trial: Any) -> str:
@@ -47,6 +61,7 @@ class SearchProgress(Callback):
         every: float = 30.0,
         events: Callable[[], list[str]] | None = None,
         searched: Iterable[str] = (),
+        folder: str | None = None,
     ) -> None:
         self.num_samples = num_samples
         self.metric = metric
@@ -54,7 +69,9 @@ class SearchProgress(Callback):
         self.concurrency = max(1, concurrency)
         self.stream = stream
         self.every = every
-        self.start = time.monotonic()
+        # the search's own clock: its elapsed time so far, kept in ``folder`` (a resume goes on from it)
+        self.folder = folder
+        self.start = time.monotonic() - _elapsed_before(folder)
         self.last_print = 0.0
         self.best: float | None = None
         self.best_trial = ""
@@ -84,6 +101,14 @@ class SearchProgress(Callback):
 
     def _out(self, text: str) -> None:
         print(text, file=self.stream or sys.stdout, flush=True)
+        if self.folder:
+            try:
+                path = Path(self.folder) / PROGRESS_FILE
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps({"elapsed_s": round(time.monotonic() - self.start, 3)}))
+                tmp.replace(path)
+            except OSError:  # the clock is a nicety: never stop the search for it
+                pass
 
     def _better(self, value: float) -> bool:
         if math.isnan(value):
