@@ -93,8 +93,10 @@ def _trial(row: pd.Series, column: str, params: Sequence[str]) -> dict[str, Any]
     """One trial as the tables and the JSON show it; ``params`` are its varied settings it has."""
     value = row.get(column)
     keys = ("trial_id", "search", "searcher", "status", "mlflow_run_id")
+    error = row.get("error")
     return {
         **{k: row.get(k) for k in keys},
+        "error": None if _missing(error) else str(error),
         "loss": row.get(config_column("loss")),
         "value": None if _missing(value) else value,
         "params": {
@@ -143,7 +145,10 @@ def _print_table(rows: list[list[str]], out: IO[str]) -> None:
 
 def _cells(trial: dict[str, Any], several: bool) -> list[str]:
     params = " ".join(f"{k}={_fmt(v)}" for k, v in trial["params"].items())
-    return [*([str(trial["search"])] if several else []), _fmt(trial["value"]), params]
+    value = _fmt(trial["value"])
+    if trial.get("error") and trial.get("status") in ("failed", "diverged"):  # why, not "-"
+        value = trial["error"] if len(trial["error"]) <= 100 else trial["error"][:99] + "…"
+    return [*([str(trial["search"])] if several else []), value, params]
 
 
 def print_report(results: Results, column: str, top: int, out: IO[str]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import urllib.request
@@ -56,7 +57,7 @@ def children(uri: str, experiment_id: str, parent: str) -> list:
 def finished_search(tmp_path_factory):
     """One small search, shared by the tests that only read what it left."""
     cwd = tmp_path_factory.mktemp("search")
-    summary = run_search(cwd, "--space=quick", "--num-samples", "3", "--storage", str(cwd / "runs"), *TINY)
+    summary = run_search(cwd, "--space=quick", "--num-samples", "4", "--storage", str(cwd / "runs"), *TINY)
     return cwd, summary
 
 
@@ -64,7 +65,7 @@ def test_search_leaves_one_parent_and_one_child_run_per_trial(finished_search):
     from mlflow.tracking import MlflowClient
 
     cwd, summary = finished_search
-    assert summary["trials"] == {"finished": 3}
+    assert summary["trials"] == {"finished": 4}
     uri = summary["tracking_uri"]
     assert uri == f"sqlite:///{cwd / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -75,8 +76,8 @@ def test_search_leaves_one_parent_and_one_child_run_per_trial(finished_search):
     )
     assert parent.data.metrics["best_map_at_r"] == pytest.approx(summary["best_metrics"]["best_map_at_r"])
     runs = children(uri, summary["experiment_id"], summary["parent_run_id"])
-    assert len(runs) == 3
-    assert len({r.data.tags["tuneddml.trial_id"] for r in runs}) == 3
+    assert len(runs) == 4
+    assert len({r.data.tags["tuneddml.trial_id"] for r in runs}) == 4
     for run in runs:
         assert run.data.tags["tuneddml.status"] == "finished"
         assert run.info.status == "FINISHED"
@@ -86,16 +87,42 @@ def test_search_leaves_one_parent_and_one_child_run_per_trial(finished_search):
         history = client.get_metric_history(run.info.run_id, "map_at_r")
         assert sorted(m.step for m in history) == [1, 2]
         assert "loss/total" in run.data.metrics and "recall_at_1" in run.data.metrics
-        assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["best_checkpoint"]
+        assert Path(run.data.tags["tuneddml.checkpoint"]).is_dir()  # where its checkpoint lies
     artifacts = {a.path for a in client.list_artifacts(summary["parent_run_id"])}
     assert {"results.parquet", "best_config.json", "report"} <= artifacts
+
+
+def test_only_the_best_trials_weights_go_to_mlflow_and_load_weights_only(finished_search, tmp_path):
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from tuneddml.config import TrialConfig
+    from tuneddml.results import row_config
+    from tuneddml.training import Trainer
+    from tuneddml.tuning.outcome import BEST_WEIGHTS
+
+    _cwd, summary = finished_search
+    client = MlflowClient(summary["tracking_uri"])
+    table = sorted(pq.read_table(summary["results"]).to_pylist(), key=lambda r: -r["best.map_at_r"])
+    with_weights = set()
+    for row in table:
+        artifacts = [a.path for a in client.list_artifacts(row["mlflow_run_id"])]
+        assert artifacts in ([], ["model"])  # no checkpoint folder, no optimiser state
+        if artifacts:
+            with_weights.add(row["trial_id"])
+            folder = client.download_artifacts(row["mlflow_run_id"], "model", str(tmp_path / row["trial_id"]))
+            (weights,) = Path(folder).iterdir()
+            state = torch.load(weights, weights_only=True)
+            assert all(isinstance(v, torch.Tensor) for v in state.values())
+            Trainer(TrialConfig.from_flat(row_config(row))).model.load_state_dict(state)
+    assert with_weights == {r["trial_id"] for r in table[:BEST_WEIGHTS]} and len(table) > BEST_WEIGHTS
 
 
 def test_results_table_has_one_row_per_trial(finished_search):
     _cwd, summary = finished_search
     table = pq.read_table(summary["results"]).to_pylist()
-    assert len(table) == 3
-    assert sorted(r["order"] for r in table) == [0, 1, 2]
+    assert len(table) == 4
+    assert sorted(r["order"] for r in table) == [0, 1, 2, 3]
     for row in table:
         assert row["status"] == "finished" and row["epochs"] == 2
         assert 0.0 <= row["metric.map_at_r"] <= 1.0 and row["best.map_at_r"] >= row["metric.map_at_r"] - 1e-12
@@ -104,13 +131,26 @@ def test_results_table_has_one_row_per_trial(finished_search):
     assert best["trial_id"] == summary["best_trial"]
 
 
-def test_resume_after_the_driver_is_killed_finishes_without_duplicates(tmp_path):
+def _seconds(shown: str) -> int:
+    """``1m05s`` -> 65 (the progress lines' elapsed time)."""
+    minutes, _, seconds = shown.rstrip("s").rpartition("m")
+    return int(minutes or 0) * 60 + int(seconds or 0)
+
+
+def _snapshot_statuses(folder: Path) -> dict[str, str]:
+    """Trial id -> status in Ray's latest experiment snapshot."""
+    latest = sorted(folder.glob("experiment_state-*.json"))[-1]
+    trials = [json.loads(t[0]) for t in json.loads(latest.read_text())["trial_data"]]
+    return {t["trial_id"]: t["status"] for t in trials}
+
+
+def test_resume_after_the_driver_is_killed_is_exact(tmp_path):
     storage = tmp_path / "runs"
     env = child_env()
     args = [
         "--space=quick",
         "--num-samples",
-        "4",
+        "3",
         "--max-concurrent",
         "1",
         "--storage",
@@ -120,13 +160,13 @@ def test_resume_after_the_driver_is_killed_finishes_without_duplicates(tmp_path)
         "epochs=3",
         "steps_per_epoch=3",
     ]
-    proc = start(search_command(*args), tmp_path, env, tmp_path / "first.log")
+    log = tmp_path / "first.log"
+    # Ray snapshots the experiment only now and then: the trial that ends before the kill is
+    # "running" in the snapshot (the case that used to train it, and log its epochs, again)
+    proc = start(search_command(*args), tmp_path, env | {"TUNE_GLOBAL_CHECKPOINT_S": "600"}, log)
     orphans = []
     try:
-        # kill the driver once one trial has ended and the next one is under way
-        wait_for(
-            lambda: "trials 1/4 done" in (tmp_path / "first.log").read_text(), 300, "a first finished trial"
-        )
+        wait_for(lambda: re.search(r"trial \w+ ended after 3 epochs", log.read_text()), 300, "a trial's end", 0.05)
         orphans = kill_tree_hard(proc)
     finally:
         for orphan in orphans:
@@ -134,16 +174,49 @@ def test_resume_after_the_driver_is_killed_finishes_without_duplicates(tmp_path)
         if proc.poll() is None:
             stop_tree(proc)
     shutil.rmtree(Path(env.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster", ignore_errors=True)
+    folder = storage / "killed"
+    ended = [json.loads(line)["trial_id"] for line in (folder / "finished.jsonl").read_text().splitlines()]
+    assert ended and all(_snapshot_statuses(folder).get(t) != "TERMINATED" for t in ended)  # the lag case
+    elapsed = json.loads((folder / "progress.json").read_text())["elapsed_s"]
 
-    summary = run_search(
-        tmp_path, "--space=quick", "--storage", str(storage), "--name", "killed", "--resume", env=env
+    proc = subprocess.run(
+        search_command("--space=quick", "--storage", str(storage), "--name", "killed", "--resume", "--json"),
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=420,
     )
-    assert sum(summary["trials"].values()) == 4
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, proc.stdout[-2000:]  # --json: stdout is the JSON line, progress is on stderr
+    summary = json.loads(lines[0])
+    assert summary["trials"] == {"finished": 3} and summary["mlflow_unsent"] == 0
+    assert "trials 3/3 done (0 failed)" in proc.stderr
+    # the search's clock goes on from where the killed driver left it
+    after = _seconds(re.findall(r"^\[(\w+)\] trials", proc.stderr, re.M)[0])
+    assert elapsed > 1 and after >= int(elapsed)
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(summary["tracking_uri"])
     runs = children(summary["tracking_uri"], summary["experiment_id"], summary["parent_run_id"])
-    trial_ids = [r.data.tags["tuneddml.trial_id"] for r in runs]
-    assert len(trial_ids) == len(set(trial_ids)) == 4  # a resumed trial never makes a second child run
+    by_trial = {r.data.tags["tuneddml.trial_id"]: r.info.run_id for r in runs}
+    assert len(by_trial) == len(runs) == 3  # a resumed trial never makes a second child run
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        for key in ("epoch", "map_at_r"):  # no epoch logged twice
+            assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [1, 2, 3]
     table = pq.read_table(summary["results"]).to_pylist()
-    assert sorted(r["trial_id"] for r in table) == sorted(trial_ids)
+    assert {r["trial_id"]: r["mlflow_run_id"] for r in table} == by_trial  # every row names its run
+    # a trial that had ended before the kill did not train again: each epoch it reported, one time
+    for trial_id in ended:
+        (trial_folder,) = folder.glob(f"train_trial_{trial_id}_*")
+        records = [json.loads(line) for line in (trial_folder / "result.json").read_text().splitlines()]
+        seconds: dict[int, set] = {}
+        for record in records:
+            seconds.setdefault(record["epoch"], set()).add(record["time/train_s"])
+        assert sorted(seconds) == [1, 2, 3] and all(len(v) == 1 for v in seconds.values()), records
 
 
 @pytest.fixture(scope="module")
@@ -266,7 +339,7 @@ def test_mlflow_server_answers_with_the_runs_and_the_ui_shows_them(finished_sear
         )
         with urllib.request.urlopen(request, timeout=30) as response:
             runs = json.load(response)["runs"]
-        assert len(runs) == 4  # the parent and three trials
+        assert len(runs) == 5  # the parent and four trials
         assert {r["info"]["run_id"] for r in runs} >= {summary["parent_run_id"]}
 
         chromium = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -14,7 +14,7 @@ trainer, the Ray trainable, MLflow tracking, the driver, the report and its plot
 **Results table** (``<storage>/<search>/results.parquet``, one row per trial): the search's
 ``search``, ``space``, ``searcher``, ``metric``, ``mode`` (max|min); the trial's ``trial_id``,
 ``order`` (0-based start order), ``status`` (:data:`STATUSES`), ``epochs`` (completed),
-``seconds``, ``mlflow_run_id``, ``node_id``, ``parent_run_id``; ``config.<key>`` for every setting
+``seconds``, ``mlflow_run_id``, ``error`` (a failed or diverged trial's message, else null), ``node_id``, ``parent_run_id``; ``config.<key>`` for every setting
 the search gave it (null where a trial lacks the key), ``metric.<key>`` for each evaluator metric
 of its last epoch, and ``best.<metric>``: the best value of the search metric over its epochs.
 """
@@ -118,6 +118,7 @@ def trial_row(
     best: float | None,
     seconds: float,
     mlflow_run_id: str | None,
+    error: str | None = None,
 ) -> dict[str, Any]:
     """One row of the results table. ``search``: its ``search``, ``space``, ``searcher``, ``metric``,
     ``mode`` and ``parent_run_id``; ``last``: the trial's last record (empty if it reported none)."""
@@ -134,6 +135,7 @@ def trial_row(
         "epochs": int(last.get(EPOCH, 0) or 0),
         "seconds": seconds,
         "mlflow_run_id": mlflow_run_id,
+        ERROR: error,
         "node_id": last.get(NODE),
         "parent_run_id": search["parent_run_id"],
         f"{BEST}{metric}": best,

@@ -8,8 +8,9 @@ MLflow (:mod:`.mlflow_callback`), results table and report.
 from __future__ import annotations
 
 import json
+import logging
 import os
-import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -25,13 +26,11 @@ from tuneddml.results import (
     BEST,
     REPORT_FOLDER,
     RESULTS_FILE,
+    RUNS_FOLDER,
     SEARCH_FILE,
     best_row,
-    best_value,
     row_config,
     row_metrics,
-    trial_row,
-    trial_status,
     write_results,
 )
 from tuneddml.tracking import SearchRun
@@ -57,6 +56,7 @@ class SearchSummary:
     folder: Path
     results_file: Path
     seconds: float
+    mlflow_unsent: int = 0  # MLflow operations left in the outbox (``python -m tuneddml.sync``)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,71 +74,32 @@ class SearchSummary:
             "tracking_uri": self.tracking_uri,
             "results": str(self.results_file),
             "seconds": round(self.seconds, 1),
+            "mlflow_unsent": self.mlflow_unsent,
         }
 
 
 def run_search(request: SearchRequest, *, stream: IO[str] | None = None) -> SearchSummary:
-    """Run (or resume) the search on Ray Tune and return its summary."""
+    """Run (or resume) the search on Ray Tune and return its summary.
+
+    Ray starts first; the parent run and ``search.json`` are made only once it has, and are
+    removed again if the search fails before its first trial could start (so the name can be
+    used again)."""
     import ray
     from ray import tune
 
+    from tuneddml.results.ledger import read_ended
     from tuneddml.searchers.ray_searcher import make_ray_searcher
     from tuneddml.searchers.schedulers import SCHEDULERS
-    from tuneddml.tuning.mlflow_callback import MlflowCallback
+    from tuneddml.tuning.mlflow_callback import MlflowCallback, TrialLedger
+    from tuneddml.tuning.outcome import result_rows
     from tuneddml.tuning.progress import SearchProgress
     from tuneddml.tuning.trainable import train_trial
 
+    _quiet_mlflow()
     out = stream or sys.stdout
     space = request.space
     started = time.monotonic()
     meta_file = request.folder / SEARCH_FILE
-    if request.resume:
-        meta = json.loads(meta_file.read_text())
-        search_run = SearchRun(request.tracking_uri, meta["experiment_id"], meta["parent_run_id"])
-    else:
-        search_run = SearchRun.start(
-            request.tracking_uri,
-            space.name,
-            request.name,
-            tags={
-                "tuneddml.space": space.name,
-                "tuneddml.searcher": request.searcher,
-                "tuneddml.version": __version__,
-                "tuneddml.budget": request.num_samples,
-                "tuneddml.scheduler": request.scheduler,
-            },
-            params={
-                "space": space.name,
-                "space_file": str(space.path),
-                "searcher": request.searcher,
-                "num_samples": request.num_samples,
-                "scheduler": request.scheduler,
-                "metric": space.metric,
-                "mode": space.mode,
-                "max_concurrent": request.max_concurrent,
-                "seed": request.seed,
-                **{f"fixed.{k}": v for k, v in request.fixed.items()},
-            },
-        )
-        request.folder.mkdir(parents=True, exist_ok=False)
-        meta = {
-            "name": request.name,
-            "space": space.name,
-            "space_file": str(space.path),
-            "searcher": request.searcher,
-            "tracking_uri": request.tracking_uri,
-            "experiment_id": search_run.experiment_id,
-            "parent_run_id": search_run.parent_run_id,
-            "metric": space.metric,
-            "mode": space.mode,
-            "num_samples": request.num_samples,
-            "scheduler": request.scheduler,
-            "overrides": request.overrides,
-            "cpus_per_trial": request.cpus_per_trial,
-        }
-        tmp = meta_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(meta, indent=2))
-        tmp.replace(meta_file)
 
     # snapshot the experiment (trials, searcher state) every second, so that a driver killed
     # mid-search loses as little as possible on --resume
@@ -156,9 +117,24 @@ def run_search(request: SearchRequest, *, stream: IO[str] | None = None) -> Sear
     else:
         init_kwargs["address"] = request.address
     ray.init(**init_kwargs)
+    _quiet_ray_trial_errors()
+    search_run: SearchRun | None = None
+    made_folder = False
+    fitting = False
     try:
+        if request.resume:
+            meta = json.loads(meta_file.read_text())
+            search_run = SearchRun(request.tracking_uri, meta["experiment_id"], meta["parent_run_id"])
+            search_run.resumed = True
+        else:
+            search_run = _start_parent_run(request)
+            request.folder.mkdir(parents=True, exist_ok=False)
+            made_folder = True
+            _write_meta(request, search_run, meta_file)
+        search_run.use_outbox(request.folder)
+        ended = read_ended(request.folder) if request.resume else {}
         trainable = tune.with_resources(
-            tune.with_parameters(train_trial, metric=space.metric),
+            tune.with_parameters(train_trial, metric=space.metric, ended=ended),
             {"cpu": request.cpus_per_trial, "gpu": request.gpus_per_trial},
         )
         param_space = dict(request.fixed)
@@ -169,7 +145,10 @@ def run_search(request: SearchRequest, *, stream: IO[str] | None = None) -> Sear
             mode=space.mode,
             concurrency=request.max_concurrent,
             stream=out,
+            searched=space.parameters,
+            folder=str(request.folder),
         )
+        callbacks = [progress, tracker, TrialLedger(request.folder)]
         if request.resume:
             print(f"resuming search {request.name} from {request.folder}", file=out, flush=True)
             tuner = tune.Tuner.restore(
@@ -179,6 +158,9 @@ def run_search(request: SearchRequest, *, stream: IO[str] | None = None) -> Sear
                 resume_errored=True,
                 param_space=param_space,
             )
+            # Tune restores the callbacks pickled with the search: use this session's instead
+            # (its stream, its clock, its MLflow sender)
+            tuner._local_tuner.get_run_config().callbacks = callbacks
         else:
             algo = make_ray_searcher(
                 request.searcher,
@@ -211,7 +193,7 @@ def run_search(request: SearchRequest, *, stream: IO[str] | None = None) -> Sear
                     name=request.name,
                     storage_path=request.ray_storage,
                     verbose=0,
-                    callbacks=[progress, tracker],
+                    callbacks=callbacks,
                     failure_config=tune.FailureConfig(max_failures=2),
                     checkpoint_config=tune.CheckpointConfig(
                         num_to_keep=2,
@@ -227,57 +209,119 @@ def run_search(request: SearchRequest, *, stream: IO[str] | None = None) -> Sear
                 file=out,
                 flush=True,
             )
+        fitting = True
         grid = tuner.fit()
-        rows = _result_rows(grid, request, tracker.run_ids, search_run.parent_run_id)
+        rows, checkpoints = result_rows(grid, request, search_run)
+    except BaseException:
+        if not fitting and not request.resume:
+            _undo_start(request, search_run, made_folder)
+        elif search_run is not None and getattr(search_run, "sender", None) is not None:
+            search_run.sender.flush(timeout=5)
+        raise
     finally:
         ray.shutdown()
-    return _summarise(rows, request, search_run, time.monotonic() - started, out)
+    return _summarise(rows, checkpoints, request, search_run, time.monotonic() - started, out)
 
 
-def _trial_order(trial_id: str, path: str) -> int:
-    """Ray names a trial's folder ``<trainable>_<trial id>_<index>_<params>``; the index is the order."""
-    match = re.search(rf"_{re.escape(trial_id)}_(\d+)", os.path.basename(path or ""))
-    return int(match.group(1)) - 1 if match else 0
+def _quiet_mlflow() -> None:
+    """MLflow calls of the driver: few, short retries (the outbox keeps what fails), and no
+    "View run ..." lines on stdout (``--json`` owns it)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # the retries' warnings
 
 
-def _result_rows(grid: Any, request: SearchRequest, run_ids: dict[str, str], parent: str) -> list[dict]:
-    """One results-table row per trial of Tune's result grid (:func:`tuneddml.results.trial_row`)."""
-    metric, mode = request.space.metric, request.space.mode
-    search = {
-        "search": request.name,
-        "space": request.space.name,
+class _NoTrialTracebacks(logging.Filter):
+    """Ray logs each failed trial with its whole traceback, and the list of failed trials at the
+    end; the progress lines say it in one line each (Ray's error files keep the tracebacks)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not message.startswith(("Trial task failed for trial", "Trials did not complete"))
+
+
+def _quiet_ray_trial_errors() -> None:
+    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoTrialTracebacks) for f in logger.filters):
+            logger.addFilter(_NoTrialTracebacks())
+
+
+def _start_parent_run(request: SearchRequest) -> SearchRun:
+    space = request.space
+    return SearchRun.start(
+        request.tracking_uri,
+        space.name,
+        request.name,
+        tags={
+            "tuneddml.space": space.name,
+            "tuneddml.searcher": request.searcher,
+            "tuneddml.version": __version__,
+            "tuneddml.budget": request.num_samples,
+            "tuneddml.scheduler": request.scheduler,
+        },
+        params={
+            "space": space.name,
+            "space_file": str(space.path),
+            "searcher": request.searcher,
+            "num_samples": request.num_samples,
+            "scheduler": request.scheduler,
+            "metric": space.metric,
+            "mode": space.mode,
+            "max_concurrent": request.max_concurrent,
+            "seed": request.seed,
+            **{f"fixed.{k}": v for k, v in request.fixed.items()},
+        },
+    )
+
+
+def _write_meta(request: SearchRequest, search_run: SearchRun, meta_file: Path) -> None:
+    space = request.space
+    meta = {
+        "name": request.name,
+        "space": space.name,
+        "space_file": str(space.path),
         "searcher": request.searcher,
-        "metric": metric,
-        "mode": mode,
-        "parent_run_id": parent,
+        "tracking_uri": request.tracking_uri,
+        "experiment_id": search_run.experiment_id,
+        "parent_run_id": search_run.parent_run_id,
+        "metric": space.metric,
+        "mode": space.mode,
+        "num_samples": request.num_samples,
+        "scheduler": request.scheduler,
+        "overrides": request.overrides,
+        "cpus_per_trial": request.cpus_per_trial,
     }
-    rows = []
-    for result in grid:
-        config = {k: v for k, v in (result.config or {}).items() if not k.startswith("_")}
-        last = result.metrics or {}
-        trial_id = str(last.get("trial_id") or (result.path or "").rsplit("/", 1)[-1])
-        history = result.metrics_dataframe
-        values = list(history[metric]) if history is not None and metric in history else []
-        row = trial_row(
-            search=search,
-            trial_id=trial_id,
-            order=_trial_order(trial_id, result.path or ""),
-            status=trial_status(last, int(config.get("epochs", 0)), result.error is not None),
-            config=config,
-            last=last,
-            best=best_value(values, mode),
-            seconds=float(last.get("time_total_s", 0.0) or 0.0),
-            mlflow_run_id=run_ids.get(trial_id),
-        )
-        rows.append(row)
-    rows.sort(key=lambda r: r["order"])
-    return rows
+    tmp = meta_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    tmp.replace(meta_file)
+
+
+def _undo_start(request: SearchRequest, search_run: SearchRun | None, made_folder: bool) -> None:
+    """A search that failed before any trial: its parent run and folder go (the name is free)."""
+    if search_run is not None:
+        if getattr(search_run, "sender", None) is not None:
+            search_run.sender.flush(timeout=0)
+        try:
+            search_run.client.delete_run(search_run.parent_run_id)
+        except Exception as exc:  # the store is unreachable: say what is left behind
+            print(f"warning: parent run {search_run.parent_run_id} not deleted: {exc}", file=sys.stderr)
+    if made_folder:
+        shutil.rmtree(request.folder, ignore_errors=True)
 
 
 def _summarise(
-    rows: list[dict], request: SearchRequest, search_run: SearchRun, seconds: float, out: IO[str]
+    rows: list[dict],
+    checkpoints: dict[str, str],
+    request: SearchRequest,
+    search_run: SearchRun,
+    seconds: float,
+    out: IO[str],
 ) -> SearchSummary:
-    """Write the results table and the report; finish the parent run; the search's summary."""
+    """Write the results table and the report; hand the best trials' weights and the parent run's
+    end to MLflow; say what could not be logged; the search's summary."""
     metric, mode = request.space.metric, request.space.mode
     counts: dict[str, int] = {}
     for row in rows:
@@ -287,6 +331,8 @@ def _summarise(
     write_results(rows, results_file)
     best_config = row_config(best) if best else None
     best_metrics = row_metrics(best, metric) if best else None
+    from tuneddml.tuning.outcome import save_weights
+
     report_files: list[Path] = []
     try:
         from tuneddml.plots import make_report
@@ -294,16 +340,35 @@ def _summarise(
         report_files = list(make_report([results_file], request.folder / REPORT_FOLDER))
     except Exception as exc:  # a plot must never cost the search its results
         print(f"warning: report not drawn: {exc}", file=out)
+    for trial_id, path in save_weights(rows, checkpoints, request, out).items():
+        search_run.submit(f"weights/{trial_id}", "weights", trial=trial_id, file=str(path))
     summary_metrics = {f"trials_{k}": v for k, v in counts.items()}
     if best is not None:
         summary_metrics[f"best_{metric}"] = best[f"{BEST}{metric}"]
-    search_run.finish(
+    search_run.submit(
+        f"finish/{sum(counts.values())}",
+        "finish",
         metrics=summary_metrics,
         tags={"tuneddml.best_trial": best["trial_id"] if best else "none"},
         best_config=best_config,
-        files=[results_file],
-        report=(REPORT_FOLDER, report_files) if report_files else None,
+        files=[str(results_file)],
+        report=[REPORT_FOLDER, [str(p) for p in report_files]] if report_files else None,
     )
+    unsent = search_run.sender.flush(timeout=float(os.environ.get("TUNEDDML_MLFLOW_FLUSH_S", "30")))
+    for line in search_run.sender.refused:
+        print(f"warning: MLflow refused {line}", file=out)
+    if unsent:
+        storage = f" --storage {request.storage}" if request.storage.resolve() != Path(RUNS_FOLDER).resolve() else ""
+        print(
+            f"warning: MLflow at {request.tracking_uri} could not be reached ({search_run.sender.offline or 'too slow'}); "
+            f"not logged: {search_run.sender.unsent()} ({unsent} operations, kept in {search_run.sender.outbox.path})",
+            file=out,
+        )
+        print(
+            f"log them once it is back: python -m tuneddml.tracking.sync --name {request.name}{storage}",
+            file=out,
+            flush=True,
+        )
     return SearchSummary(
         request.name,
         request.space.name,
@@ -320,4 +385,5 @@ def _summarise(
         request.folder,
         results_file,
         seconds,
+        unsent,
     )

@@ -1,28 +1,36 @@
-"""The Ray Tune callback (driver side) that mirrors every trial into its MLflow child run, through
-the search's :class:`~tuneddml.tracking.SearchRun`."""
+"""The Ray Tune callbacks (driver side) that keep a search's records: :class:`MlflowCallback`
+mirrors every trial into its MLflow child run, through the search's
+:class:`~tuneddml.tracking.SearchRun` and its outbox (sent in the background: an MLflow outage
+never blocks the search loop); :class:`TrialLedger` writes the ledger of ended trials
+(:mod:`tuneddml.results.ledger`) that makes ``--resume`` exact."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
-from tuneddml.results import trial_status
+from tuneddml.results import EPOCH, ERROR, record_values, trial_status
+from tuneddml.results.ledger import record_ended
 from tuneddml.tracking import SearchRun
+from tuneddml.tuning.progress import trial_error
 
 
 class MlflowCallback(Callback):
     """Trial start -> child run (every setting, defaults included), each epoch -> its record,
-    trial end -> status, final values and best checkpoint.
+    trial end -> status, final values, error message and where its best checkpoint lies.
 
     Each trial's config is validated once (``TrialConfig.from_flat(...).to_flat()``: what the
-    trial really ran with) and kept by trial id. Picklable, for ``Tuner.restore``.
+    trial really ran with) and kept by trial id. Every call is handed to
+    :meth:`SearchRun.submit` (keyed, so a repeat after a resume is sent once).
     """
 
     def __init__(self, search_run: SearchRun) -> None:
         self.search_run = search_run
         self._configs: dict[str, dict[str, Any]] = {}
+        self.checkpoints: dict[str, str] = {}  # trial id -> its best checkpoint's folder
 
     @property
     def run_ids(self) -> dict[str, str]:
@@ -42,21 +50,41 @@ class MlflowCallback(Callback):
         return self._configs[trial.trial_id]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.search_run.trial_run(trial.trial_id, self.config(trial), [t.trial_id for t in trials])
+        self.search_run.submit(
+            f"start/{trial.trial_id}",
+            "start",
+            trial=trial.trial_id,
+            config=self.config(trial),
+            known=[t.trial_id for t in trials],
+        )
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        self.search_run.log_epoch(trial.trial_id, self.config(trial), result)
+        epoch = int(result.get(EPOCH, 0))
+        self.config(trial)
+        self.search_run.submit(
+            f"epoch/{trial.trial_id}/{epoch}", "epoch", trial=trial.trial_id, epoch=epoch, values=record_values(result)
+        )
 
     def _finish(self, trial: Any, errored: bool) -> None:
+        from tuneddml.results import final_values
+
         config = self.config(trial)
-        status = trial_status(trial.last_result, int(config.get("epochs", 0)), errored)
-        self.search_run.finish_trial(
-            trial.trial_id,
-            config,
-            trial.last_result,
-            status,
-            best_checkpoint(trial),
-            error=str(trial.error_file) if errored else None,
+        last = trial.last_result or {}
+        status = trial_status(last, int(config.get("epochs", 0)), errored)
+        error = trial_error(trial) if errored else (last.get(ERROR) or None)
+        checkpoint = best_checkpoint(trial)
+        if checkpoint:
+            self.checkpoints[trial.trial_id] = checkpoint
+        epoch = int(last.get(EPOCH, 0))
+        self.search_run.submit(
+            f"end/{trial.trial_id}/{status}/{epoch}",
+            "end",
+            trial=trial.trial_id,
+            status=status,
+            final={f"final/{k}": v for k, v in final_values(last).items()} if last else {},
+            epoch=epoch,
+            error=error,
+            checkpoint=checkpoint,
         )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -66,6 +94,17 @@ class MlflowCallback(Callback):
         self._finish(trial, errored=True)
 
 
+class TrialLedger(Callback):
+    """Writes each ended trial's last record to the search's ledger, the moment it ends."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = str(folder)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.last_result:
+            record_ended(self.folder, trial.trial_id, trial.last_result, trial.config)
+
+
 def best_checkpoint(trial: Any) -> str | None:
     """Folder or URI of the trial's best checkpoint (Ray keeps it by the search metric)."""
     try:
@@ -73,6 +112,11 @@ def best_checkpoint(trial: Any) -> str | None:
         checkpoint = results[-1].checkpoint if results else trial.checkpoint
     except AttributeError:
         checkpoint = getattr(trial, "checkpoint", None)
+    return checkpoint_location(checkpoint)
+
+
+def checkpoint_location(checkpoint: Any) -> str | None:
+    """A Ray checkpoint's folder (local) or URI (a cluster's storage); None if there is none."""
     path = getattr(checkpoint, "path", None)
     if not path:
         return None

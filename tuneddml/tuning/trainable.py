@@ -22,11 +22,23 @@ from typing import Any
 CHECKPOINT_FILE = "trainer.pt"
 
 
-def train_trial(params: dict[str, Any], metric: str = "map_at_r") -> None:
+def train_trial(
+    params: dict[str, Any], metric: str = "map_at_r", ended: dict[str, dict[str, Any]] | None = None
+) -> None:
     """Ray Tune function trainable; ``params`` are flat trial-config keys (fixed + searched);
-    ``metric`` is the search's metric, which a diverged trial reports as NaN."""
+    ``metric`` is the search's metric, which a diverged trial reports as NaN; ``ended``: the
+    search's ledger of ended trials (on ``--resume``): such a trial reports its last record again
+    and does not train."""
     import ray
     from ray import tune
+
+    if ended:
+        from tuneddml.results.ledger import config_key
+
+        done = ended.get(tune.get_context().get_trial_id()) or ended.get(config_key(params))
+        if done is not None:
+            tune.report(dict(done))
+            return
 
     from tuneddml.config import TrialConfig
     from tuneddml.errors import TrialDiverged

@@ -1,0 +1,158 @@
+"""Errors that survive the trip from a trial to the driver, and a search that fails before its
+first trial leaves nothing behind. The searches here run in this process on a local Ray, with a
+stand-in trainable (this module's :func:`fake_trial`, imported by Ray's workers) so that a trial
+fails or diverges on purpose, in a second."""
+
+from __future__ import annotations
+
+import inspect
+import io
+import math
+import pickle
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+
+import tuneddml.errors as errors_module
+from tests.tuning.procs import short_tmp
+from tuneddml.errors import ConfigError, TrialDiverged, error_message
+
+SAMPLES = {
+    ConfigError: [
+        ConfigError("sampler.samples_per_class", 9, "at most 4 (the smallest class)"),
+        ConfigError("loss", "nope", ["supcon", "contrastive"]),
+        ConfigError("--name", None),
+    ],
+    TrialDiverged: [TrialDiverged(2, 7, {"total": math.nan, "pos": 1.5})],
+}
+
+
+def test_every_project_exception_pickles_with_its_type_and_message():
+    classes = [
+        c for _, c in inspect.getmembers(errors_module, inspect.isclass)
+        if issubclass(c, BaseException) and c.__module__ == errors_module.__name__
+    ]
+    assert set(classes) == set(SAMPLES)  # a new exception class gets its sample here
+    for samples in SAMPLES.values():
+        for exc in samples:
+            back = pickle.loads(pickle.dumps(exc))
+            assert type(back) is type(exc) and str(back) == str(exc)
+            assert vars(back).keys() == vars(exc).keys()
+
+
+def test_error_message_unwraps_a_cause_and_falls_back_to_the_traceback_text():
+    class Wrapper(Exception):
+        def __init__(self, cause: BaseException) -> None:
+            super().__init__("Traceback (most recent call last):\n  ...long...")
+            self.cause = cause
+
+    inner = ConfigError("lr", -1.0, "a positive number")
+    assert error_message(Wrapper(inner)) == f"ConfigError: {inner}"
+    text = "Failure # 1\nTraceback (most recent call last):\n  File x\nValueError: boom\n"
+    assert error_message(None, text) == "ValueError: boom"
+
+
+# ---- searches on a local Ray ------------------------------------------------------------------
+BAD = ConfigError("sampler.samples_per_class", 9, "at most 4 (the smallest class)")
+
+
+def fake_trial(params, metric="map_at_r", ended=None):
+    """supcon: fails with a ConfigError; contrastive with lambda above 0.6: diverges; else trains."""
+    import ray
+    from ray import tune
+
+    from tuneddml.results import diverged_record
+
+    node = ray.get_runtime_context().get_node_id()
+    if params["loss"] == "supcon":
+        raise BAD
+    if params["loss.lambda"] > 0.6:
+        exc = TrialDiverged(1, 2, {"total": math.inf})
+        tune.report({**diverged_record(1, metric, str(exc)), "node_id": node})
+        return
+    for epoch in (1, 2):
+        tune.report({"epoch": epoch, metric: 0.1 * epoch + params["loss.lambda"] / 10, "diverged": 0, "node_id": node})
+
+
+@pytest.fixture
+def local_search(tmp_path, monkeypatch):
+    """A request maker for searches of the quick space in ``tmp_path``, on a stand-in trainable."""
+    import tuneddml.tuning.trainable as trainable
+    from tuneddml.tuning.request import prepare_search
+
+    ray_tmp = short_tmp("rt")
+    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
+    monkeypatch.setenv("TUNEDDML_MLFLOW_FLUSH_S", "60")
+    monkeypatch.setattr(trainable, "train_trial", fake_trial)
+    monkeypatch.chdir(tmp_path)
+
+    def request(name: str):
+        return prepare_search(
+            space="quick", num_samples=3, max_concurrent=1, storage=str(tmp_path / "runs"), name=name,
+            tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        )
+
+    yield request
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_trials_own_message_reaches_the_console_mlflow_and_the_table(local_search, capfd):
+    from mlflow.tracking import MlflowClient
+
+    from tuneddml.tuning.driver import run_search
+
+    out = io.StringIO()
+    summary = run_search(local_search("errs"), stream=out)
+    console = out.getvalue()
+    err = capfd.readouterr().err
+    table = {r["config.loss"] + str(r["config.loss.lambda"]): r for r in pq.read_table(summary.results_file).to_pylist()}
+    assert summary.counts == {"failed": 1, "diverged": 1, "finished": 1}, console
+    failed = next(r for r in table.values() if r["status"] == "failed")
+    diverged = next(r for r in table.values() if r["status"] == "diverged")
+    assert failed["error"] == f"ConfigError: {BAD}"
+    assert diverged["error"].startswith("diverged at epoch 1 (step 2): total=inf")
+    assert [r["error"] for r in table.values() if r["status"] == "finished"] == [None]
+    # one line per failed trial, with what varied, and no Ray traceback on the console
+    assert f"trial {failed['trial_id']} (loss=supcon loss.lambda=0.5) failed: ConfigError: {BAD}" in console
+    assert f"trial {diverged['trial_id']} (loss=contrastive" in console and "diverged: diverged at epoch 1" in console
+    assert "Traceback" not in console + err and "RayTaskError" not in err, err[-3000:]
+    client = MlflowClient(summary.tracking_uri)
+    runs = {r.data.tags["tuneddml.trial_id"]: r for r in client.search_runs(
+        [summary.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{summary.parent_run_id}'"
+    )}
+    assert runs[failed["trial_id"]].data.tags["tuneddml.error"] == f"ConfigError: {BAD}"
+    assert runs[failed["trial_id"]].info.status == "FAILED"
+    assert runs[diverged["trial_id"]].data.tags["tuneddml.error"] == diverged["error"]
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_search_that_fails_before_its_first_trial_can_be_run_again_by_name(local_search, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    import tuneddml.searchers.ray_searcher as ray_searcher
+    from tuneddml.tuning.driver import run_search
+
+    real = ray_searcher.make_ray_searcher
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the searcher could not be built")
+
+    monkeypatch.setattr(ray_searcher, "make_ray_searcher", broken)
+    request = local_search("again")
+    with pytest.raises(RuntimeError, match="could not be built"):
+        run_search(request, stream=io.StringIO())
+    assert not request.folder.exists()
+    client = MlflowClient(request.tracking_uri)
+    experiment = client.get_experiment_by_name("quick")
+    assert client.search_runs([experiment.experiment_id]) == []  # the parent run is gone
+
+    monkeypatch.setattr(ray_searcher, "make_ray_searcher", real)
+    summary = run_search(local_search("again"), stream=io.StringIO())  # the same name, accepted again
+    assert sum(summary.counts.values()) == 3 and summary.results_file.exists()
+    assert [r.info.run_id for r in client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`tuneddml.search` = 'again'"
+    )] == [summary.parent_run_id]
