@@ -7,6 +7,7 @@ MLflow (:mod:`.mlflow_callback`), results table and report.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ from tuneddml.results import (
 )
 from tuneddml.tracking import SearchRun
 from tuneddml.tuning.request import SearchRequest
+from tuneddml.tuning.resume_check import refuse_silent_restart
 
 __all__ = ["SearchSummary", "run_search"]
 
@@ -210,7 +212,11 @@ def run_search(request: SearchRequest, *, stream: IO[str] | None = None) -> Sear
                 flush=True,
             )
         fitting = True
-        grid = tuner.fit()
+        # a damaged state that passed the up-front check: Tune would restart the experiment
+        # afresh or wait forever; a one-line ConfigError (exit 2) instead
+        guard = refuse_silent_restart(request.name) if request.resume else contextlib.nullcontext()
+        with guard:
+            grid = tuner.fit()
         rows, checkpoints = result_rows(grid, request, search_run)
     except BaseException:
         if not fitting and not request.resume:
