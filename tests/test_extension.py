@@ -141,7 +141,8 @@ def test_a_registered_metric_and_loss_reach_every_output(registered, tmp_path, m
         mlflow_run_id=callback.run_ids["t1"],
     )
     request.folder.mkdir(parents=True)
-    summary = _summarise([row], request, run, 1.0, io.StringIO())
+    run.use_outbox(request.folder)  # the driver's background sender, as a search has it
+    summary = _summarise([row], {}, request, run, 1.0, io.StringIO())
     table = pq.read_table(summary.results_file).to_pylist()
     assert table[0][f"metric.{METRIC}"] == pytest.approx(last[METRIC])
     assert table[0][f"best.{METRIC}"] == pytest.approx(last[METRIC]) and table[0]["config.loss"] == LOSS

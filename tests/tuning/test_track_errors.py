@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import io
 import math
+import os
 import pickle
 import shutil
 
@@ -15,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import tuneddml.errors as errors_module
-from tests.tuning.procs import short_tmp
+from tests.tuning.procs import ROOT, short_tmp
 from tuneddml.errors import ConfigError, TrialDiverged, error_message
 
 SAMPLES = {
@@ -85,6 +86,9 @@ def local_search(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
     monkeypatch.setenv("TUNEDDML_MLFLOW_FLUSH_S", "60")
     monkeypatch.setattr(trainable, "train_trial", fake_trial)
+    # Ray's workers import the stand-in trainable from this module: the repository on their path
+    path = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT) + (os.pathsep + path if path else ""))
     monkeypatch.chdir(tmp_path)
 
     def request(name: str):
