@@ -119,13 +119,14 @@ def run_search(root: Path, n: int, fixed: dict, concurrent: int = 2, sample: boo
     sampler = Sampler(proc.pid) if sample else None
     if sampler:
         sampler.start()
-    first_line = None
+    first_line = last_line = None
     lines = []
     assert proc.stdout is not None
     for line in proc.stdout:
         if first_line is None:
             first_line = time.perf_counter() - start
         lines.append(line)
+        last_line = time.perf_counter() - start
         if sampler and re.match(r"trial \S+ ", line):
             sampler.ended += 1
     proc.wait()
@@ -140,6 +141,7 @@ def run_search(root: Path, n: int, fixed: dict, concurrent: int = 2, sample: boo
     out = {
         "wall": wall,
         "first_line": first_line,
+        "last_line": last_line,
         "trial_seconds": [float(s) for s in table["seconds"]],
         "phases": summary.get("phases") or {},
         "folder": folder,
@@ -182,7 +184,8 @@ def breakdown(args: argparse.Namespace) -> None:
         phases = ", ".join(f"{k} {v:.2f}" for k, v in got["phases"].items())
         print(
             f"1-trial search {i + 1}: wall {got['wall']:.2f} s, trial {trial:.2f} s, "
-            f"fixed {got['wall'] - trial:.2f} s, first line at {got['first_line']:.2f} s | {phases}",
+            f"fixed {got['wall'] - trial:.2f} s, first line at {got['first_line']:.2f} s, "
+            f"exit {got['wall'] - got['last_line']:.2f} s after the last | {phases}",
             flush=True,
         )
 

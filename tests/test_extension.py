@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from types import SimpleNamespace
 from typing import ClassVar
 
@@ -142,7 +143,7 @@ def test_a_registered_metric_and_loss_reach_every_output(registered, tmp_path, m
     )
     request.folder.mkdir(parents=True)
     run.use_outbox(request.folder)  # the driver's background sender, as a search has it
-    summary = _summarise([row], {}, request, run, 1.0, io.StringIO())
+    summary = _summarise([row], {}, request, run, time.monotonic(), io.StringIO())
     table = pq.read_table(summary.results_file).to_pylist()
     assert table[0][f"metric.{METRIC}"] == pytest.approx(last[METRIC])
     assert table[0][f"best.{METRIC}"] == pytest.approx(last[METRIC]) and table[0]["config.loss"] == LOSS

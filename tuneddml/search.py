@@ -68,6 +68,9 @@ def print_summary(summary: Any, searched: Iterable[str], out: IO[str]) -> None:
 @guarded
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    import time
+
+    checked = time.monotonic()
     from tuneddml.tuning.driver import run_search
     from tuneddml.tuning.request import prepare_search
 
@@ -87,8 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides=parse_overrides(args.overrides),
         seed=args.seed,
     )
+    checked = time.monotonic() - checked
     out = sys.stderr if args.json else sys.stdout
     summary = run_search(request, stream=out)
+    summary.phases = {"checks": checked, **summary.phases}
     print_summary(summary, request.space.parameters, out)
     if args.json:
         print(json.dumps(summary.to_json(), default=str))

@@ -13,8 +13,10 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -58,7 +60,8 @@ class SearchSummary:
     folder: Path
     results_file: Path
     seconds: float
-    mlflow_unsent: int = 0  # MLflow operations left in the outbox (``python -m tuneddml.sync``)
+    mlflow_unsent: int = 0  # MLflow operations left in the outbox (``python -m tuneddml.tracking.sync``)
+    phases: dict[str, float] = field(default_factory=dict)  # where the driver's time went (seconds)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -76,8 +79,22 @@ class SearchSummary:
             "tracking_uri": self.tracking_uri,
             "results": str(self.results_file),
             "seconds": round(self.seconds, 1),
+            "phases": {k: round(v, 3) for k, v in self.phases.items()},
             "mlflow_unsent": self.mlflow_unsent,
         }
+
+
+class _Clock:
+    """Seconds per phase of the driver, in the order they ran (``SearchSummary.phases``)."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.phases[name] = self.phases.get(name, 0.0) + now - self._last
+        self._last = now
 
 
 def run_search(request: SearchRequest, *, stream: IO[str] | None = None) -> SearchSummary:
@@ -101,6 +118,7 @@ def run_search(request: SearchRequest, *, stream: IO[str] | None = None) -> Sear
     out = stream or sys.stdout
     space = request.space
     started = time.monotonic()
+    clock = _Clock()
     meta_file = request.folder / SEARCH_FILE
 
     # snapshot the experiment (trials, searcher state) every second, so that a driver killed
@@ -118,7 +136,21 @@ def run_search(request: SearchRequest, *, stream: IO[str] | None = None) -> Sear
         init_kwargs.update(local_init_kwargs())
     else:
         init_kwargs["address"] = request.address
-    ray.init(**init_kwargs)
+    clock.lap("imports")
+    # the parent run (MLflow's import, a new store's schema) is made while Ray starts, and deleted
+    # again if Ray cannot start or the search fails before its first trial
+    parent: Future | None = None
+    if not request.resume:
+        pool = ThreadPoolExecutor(1, thread_name_prefix="tuneddml-parent-run")
+        parent = pool.submit(_start_parent_run, request)
+        pool.shutdown(wait=False)
+    try:
+        ray.init(**init_kwargs)
+    except BaseException:
+        if parent is not None:
+            _undo_start(request, _made(parent), False)
+        raise
+    clock.lap("ray_start")
     _quiet_ray_trial_errors()
     search_run: SearchRun | None = None
     made_folder = False
@@ -129,11 +161,13 @@ def run_search(request: SearchRequest, *, stream: IO[str] | None = None) -> Sear
             search_run = SearchRun(request.tracking_uri, meta["experiment_id"], meta["parent_run_id"])
             search_run.resumed = True
         else:
-            search_run = _start_parent_run(request)
+            assert parent is not None
+            search_run = parent.result()
             request.folder.mkdir(parents=True, exist_ok=False)
             made_folder = True
             _write_meta(request, search_run, meta_file)
         search_run.use_outbox(request.folder)
+        clock.lap("tracking_start")
         ended = read_ended(request.folder) if request.resume else {}
         trainable = tune.with_resources(
             tune.with_parameters(train_trial, metric=space.metric, ended=ended),
@@ -212,21 +246,31 @@ def run_search(request: SearchRequest, *, stream: IO[str] | None = None) -> Sear
                 flush=True,
             )
         fitting = True
+        clock.lap("search_setup")
         # a damaged state that passed the up-front check: Tune would restart the experiment
         # afresh or wait forever; a one-line ConfigError (exit 2) instead
         guard = refuse_silent_restart(request.name) if request.resume else contextlib.nullcontext()
         with guard:
             grid = tuner.fit()
+        clock.lap("trials")
         rows, checkpoints = result_rows(grid, request, search_run)
+        clock.lap("results")
     except BaseException:
-        if not fitting and not request.resume:
-            _undo_start(request, search_run, made_folder)
-        elif search_run is not None and getattr(search_run, "sender", None) is not None:
-            search_run.sender.flush(timeout=5)
+        try:
+            if not fitting and not request.resume:
+                _undo_start(request, search_run or (_made(parent) if parent else None), made_folder)
+            elif search_run is not None and getattr(search_run, "sender", None) is not None:
+                search_run.sender.flush(timeout=5)
+        finally:
+            ray.shutdown()
         raise
+    # Ray stops (about a second) while the table, the report and the weights are written
+    stopper = threading.Thread(target=ray.shutdown, name="tuneddml-ray-shutdown")
+    stopper.start()
+    try:
+        return _summarise(rows, checkpoints, request, search_run, started, out, clock)
     finally:
-        ray.shutdown()
-    return _summarise(rows, checkpoints, request, search_run, time.monotonic() - started, out)
+        stopper.join()
 
 
 def _quiet_mlflow() -> None:
@@ -253,6 +297,14 @@ def _quiet_ray_trial_errors() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _NoTrialTracebacks) for f in logger.filters):
             logger.addFilter(_NoTrialTracebacks())
+
+
+def _made(parent: Future) -> SearchRun | None:
+    """The parent run ``parent`` made, once it is done; None if making it failed."""
+    try:
+        return parent.result()
+    except Exception:
+        return None
 
 
 def _start_parent_run(request: SearchRequest) -> SearchRun:
@@ -323,8 +375,9 @@ def _summarise(
     checkpoints: dict[str, str],
     request: SearchRequest,
     search_run: SearchRun,
-    seconds: float,
+    started: float,
     out: IO[str],
+    clock: _Clock | None = None,
 ) -> SearchSummary:
     """Write the results table and the report; hand the best trials' weights and the parent run's
     end to MLflow; say what could not be logged; the search's summary."""
@@ -335,6 +388,8 @@ def _summarise(
     best = best_row(rows, metric, mode)
     results_file = request.folder / RESULTS_FILE
     write_results(rows, results_file)
+    clock = clock or _Clock()
+    clock.lap("results")
     best_config = row_config(best) if best else None
     best_metrics = row_metrics(best, metric) if best else None
     from tuneddml.tuning.outcome import save_weights
@@ -346,8 +401,10 @@ def _summarise(
         report_files = list(make_report([results_file], request.folder / REPORT_FOLDER))
     except Exception as exc:  # a plot must never cost the search its results
         print(f"warning: report not drawn: {exc}", file=out)
+    clock.lap("report")
     for trial_id, path in save_weights(rows, checkpoints, request, out).items():
         search_run.submit(f"weights/{trial_id}", "weights", trial=trial_id, file=str(path))
+    clock.lap("weights")
     summary_metrics = {f"trials_{k}": v for k, v in counts.items()}
     if best is not None:
         summary_metrics[f"best_{metric}"] = best[f"{BEST}{metric}"]
@@ -361,6 +418,7 @@ def _summarise(
         report=[REPORT_FOLDER, [str(p) for p in report_files]] if report_files else None,
     )
     unsent = search_run.sender.flush(timeout=float(os.environ.get("TUNEDDML_MLFLOW_FLUSH_S", "30")))
+    clock.lap("mlflow_flush")
     for line in search_run.sender.refused:
         print(f"warning: MLflow refused {line}", file=out)
     if unsent:
@@ -390,6 +448,7 @@ def _summarise(
         request.tracking_uri,
         request.folder,
         results_file,
-        seconds,
+        time.monotonic() - started,
         unsent,
+        clock.phases,
     )
