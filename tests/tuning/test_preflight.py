@@ -11,6 +11,7 @@ import os
 import numpy as np
 import pytest
 
+from tuneddml.errors import ConfigError
 from tuneddml.search import main
 
 
@@ -166,6 +167,18 @@ def test_resume_accepts_flags_equal_to_the_record(workdir, tmp_path, monkeypatch
     )  # fmt: skip
     assert request.num_samples == 6 and request.searcher == "coordinate_descent"
     assert os.listdir(workdir) == [] and not (tmp_path / "mlflow.db").exists()
+
+
+def test_resume_takes_gpus_concurrency_and_seed_from_the_record(workdir, tmp_path, monkeypatch):
+    from tuneddml.tuning import request as request_module
+
+    storage = tmp_path / "runs"
+    _recorded_search(storage, f"sqlite:///{tmp_path / 'mlflow.db'}", gpus_per_trial=0.5, max_concurrent=3, seed=7)
+    monkeypatch.setattr(request_module, "check_resumable", lambda folder, searcher: None)
+    request = request_module.prepare_search(space="quick", resume=True, name="s", storage=str(storage))
+    assert (request.gpus_per_trial, request.max_concurrent, request.seed) == (0.5, 3, 7)
+    with pytest.raises(ConfigError, match="--seed 8"):  # the record is what a flag is compared with
+        request_module.prepare_search(space="quick", resume=True, name="s", storage=str(storage), seed=8)
 
 
 def test_a_sound_search_passes_and_the_checks_write_nothing(workdir, tmp_path):

@@ -351,6 +351,9 @@ def _write_meta(request: SearchRequest, search_run: SearchRun, meta_file: Path) 
         "scheduler": request.scheduler,
         "overrides": request.overrides,
         "cpus_per_trial": request.cpus_per_trial,
+        "gpus_per_trial": request.gpus_per_trial,
+        "max_concurrent": request.max_concurrent,
+        "seed": request.seed,
     }
     tmp = meta_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(meta, indent=2))

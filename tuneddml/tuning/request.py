@@ -145,6 +145,9 @@ def prepare_search(
         # a resumed search is the same search: its budget, searcher and settings come from its record
         searcher, scheduler, num_samples = meta["searcher"], meta["scheduler"], meta["num_samples"]
         overrides, cpus_per_trial = meta["overrides"], meta["cpus_per_trial"]
+        # recorded since issue 9 (a resumed GPU search keeps its GPUs)
+        gpus_per_trial = meta.get("gpus_per_trial", gpus_per_trial)
+        max_concurrent, seed = meta.get("max_concurrent", max_concurrent), meta.get("seed", seed)
         tracking_uri = tracking_uri or meta["tracking_uri"]
         if not ray_storage:  # Ray's state of the search, read as Ray will read it (no Ray here)
             check_resumable(storage_path / name, searcher)
