@@ -1,3 +1,4 @@
+# Long file: one search's control flow (Ray and the parent run started together, fit or resume, undo on an early failure, the summary with its phase clock) and the logging filters it installs; split, each part would reach into the run's shared state.
 """The search driver: a validated request (:mod:`.request`) -> searcher -> Ray Tune trials ->
 MLflow (:mod:`.mlflow_callback`), results table and report.
 
