@@ -173,9 +173,15 @@ def imports(root: Path, repeat: int) -> dict[str, float]:
     return found
 
 
-def breakdown(args: argparse.Namespace) -> None:
+def _header(args: argparse.Namespace) -> Path:
+    """The checkout measured; when, where and which, printed first."""
     root = Path(args.root).resolve()
     print(f"{today()} | {machine()} | checkout {root}")
+    return root
+
+
+def breakdown(args: argparse.Namespace) -> None:
+    root = _header(args)
     for label, seconds in imports(root, args.repeat).items():
         print(f"  {label}: {seconds:.2f} s")
     for i in range(args.repeat):
@@ -191,8 +197,7 @@ def breakdown(args: argparse.Namespace) -> None:
 
 
 def per_trial(args: argparse.Namespace) -> None:
-    root = Path(args.root).resolve()
-    print(f"{today()} | {machine()} | checkout {root}")
+    root = _header(args)
     for _ in range(args.repeat):
         one = run_search(root, 1, TINY)
         many = run_search(root, args.trials, TINY)
@@ -206,8 +211,7 @@ def per_trial(args: argparse.Namespace) -> None:
 
 
 def soak(args: argparse.Namespace) -> None:
-    root = Path(args.root).resolve()
-    print(f"{today()} | {machine()} | checkout {root}")
+    root = _header(args)
     got = run_search(root, args.trials, TINY, sample=True)
     samples = got["samples"]
 

@@ -82,9 +82,8 @@ class Trainer:
     def __init__(self, config: TrialConfig) -> None:
         from tuneddml.data import DATASETS
         from tuneddml.data.splits import make_split
-        from tuneddml.losses import build_loss
         from tuneddml.models import build_model
-        from tuneddml.sampling import EMBEDDING_AUGMENTERS, SAMPLERS
+        from tuneddml.sampling import SAMPLERS
 
         self.config = config
         if config.threads:
@@ -106,23 +105,11 @@ class Trainer:
             item_shape=self.data.train.item_shape,
             embedding_size=config.embedding_size,
         ).to(self.device)
-        self.loss = build_loss(
-            config.loss,
-            config.loss_params,
-            num_classes=self.data.num_train_classes,
-            embedding_size=config.embedding_size,
-            miner=config.miner,
-            miner_params=config.miner_params,
-        ).to(self.device)
-        self.embedding_aug: EmbeddingAugmenter | None = None
-        if config.embedding_aug != "none":
-            self.embedding_aug = EMBEDDING_AUGMENTERS.build(
-                config.embedding_aug,
-                config.embedding_aug_params,
-                field="embedding_aug",
-                num_classes=self.data.num_train_classes,
-                embedding_size=config.embedding_size,
-            ).to(self.device)
+        loss, embedding_aug = build_loss_parts(config, num_classes=self.data.num_train_classes)
+        self.loss = loss.to(self.device)
+        self.embedding_aug: EmbeddingAugmenter | None = (
+            embedding_aug.to(self.device) if embedding_aug is not None else None
+        )
         groups = [{"params": list(self.model.parameters()), "lr": config.lr}]
         extra = list(self.embedding_aug.parameters()) if self.embedding_aug is not None else []
         loss_params = [p for p in [*self.loss.parameters(), *extra] if p.requires_grad]
@@ -391,6 +378,32 @@ def _unplain(value: Any) -> Any:
     if isinstance(value, tuple):
         return tuple(_unplain(v) for v in value)
     return value
+
+
+def build_loss_parts(config: TrialConfig, *, num_classes: int) -> tuple[Any, EmbeddingAugmenter | None]:
+    """The trial's loss (with its miner) and its embedding augmenter (None: none), on the CPU: what
+    a ``Trainer`` builds, and what the up-front checks of a search build without the data."""
+    from tuneddml.losses import build_loss
+    from tuneddml.sampling import EMBEDDING_AUGMENTERS
+
+    loss = build_loss(
+        config.loss,
+        config.loss_params,
+        num_classes=num_classes,
+        embedding_size=config.embedding_size,
+        miner=config.miner,
+        miner_params=config.miner_params,
+    )
+    embedding_aug = None
+    if config.embedding_aug != "none":
+        embedding_aug = EMBEDDING_AUGMENTERS.build(
+            config.embedding_aug,
+            config.embedding_aug_params,
+            field="embedding_aug",
+            num_classes=num_classes,
+            embedding_size=config.embedding_size,
+        )
+    return loss, embedding_aug
 
 
 def _make_optimizer(config: TrialConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:

@@ -27,9 +27,9 @@ def check_trials(space: Any, fixed: Mapping[str, Any], *, cluster: bool = False)
     from tuneddml.config import DATASET_RUNTIME, TrialConfig
     from tuneddml.data.probe import check_sample, probe_dataset
     from tuneddml.data.splits import make_split
-    from tuneddml.losses import build_loss
     from tuneddml.results.schema import TERM
-    from tuneddml.sampling import EMBEDDING_AUGMENTERS, SAMPLERS
+    from tuneddml.sampling import SAMPLERS
+    from tuneddml.training.loop import build_loss_parts
 
     loaded: dict[str, Any] = {}
     splits: dict[str, Any] = {}
@@ -52,7 +52,7 @@ def check_trials(space: Any, fixed: Mapping[str, Any], *, cluster: bool = False)
                     check_sample(dataset.test)
                 loaded[data_key] = dataset
             if loaded[data_key] is None:  # not loaded (not cheap): the loss is still built
-                loss = _build_loss(config, build_loss, EMBEDDING_AUGMENTERS, num_classes=_PLACEHOLDER_CLASSES)
+                loss, _ = build_loss_parts(config, num_classes=_PLACEHOLDER_CLASSES)
                 _check_metric(space.metric, config, loss, TERM)
                 continue
             split_key = repr((data_key, config.split, config.num_folds, config.fold, config.fold_seed))
@@ -70,7 +70,7 @@ def check_trials(space: Any, fixed: Mapping[str, Any], *, cluster: bool = False)
                 sampler = SAMPLERS.build(config.sampler, config.sampler_params, field="sampler")
                 sampler.check(data.train.labels, config.batch_size)
                 checked.add(batches)
-            loss = _build_loss(config, build_loss, EMBEDDING_AUGMENTERS, num_classes=data.num_train_classes)
+            loss, _ = build_loss_parts(config, num_classes=data.num_train_classes)
         except ConfigError as exc:
             if not at:
                 raise
@@ -81,27 +81,6 @@ def check_trials(space: Any, fixed: Mapping[str, Any], *, cluster: bool = False)
 
 #: classes a loss is built for when the dataset was not loaded (its parameters are what is checked)
 _PLACEHOLDER_CLASSES = 8
-
-
-def _build_loss(config: Any, build_loss: Any, augmenters: Any, *, num_classes: int) -> Any:
-    """The trial's loss with its miner, and its embedding augmenter, on the CPU."""
-    loss = build_loss(
-        config.loss,
-        config.loss_params,
-        num_classes=num_classes,
-        embedding_size=config.embedding_size,
-        miner=config.miner,
-        miner_params=config.miner_params,
-    )
-    if config.embedding_aug != "none":
-        augmenters.build(
-            config.embedding_aug,
-            config.embedding_aug_params,
-            field="embedding_aug",
-            num_classes=num_classes,
-            embedding_size=config.embedding_size,
-        )
-    return loss
 
 
 def _check_metric(metric: Any, config: Any, loss: Any, term: str) -> None:
