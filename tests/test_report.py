@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -126,7 +127,12 @@ def test_make_report_writes_readable_pngs(tmp_path):
         pa.Table.from_pylist(trial_rows("cb-random", "random", 10, seed=3)),
     ]
     paths = make_report(tables, tmp_path / "report")
-    assert [p.name for p in paths] == ["balance_landscape.png", "best_so_far.png", "parallel_coordinates.png"]
+    assert [p.name for p in paths] == [
+        "balance_landscape.png",
+        "best_so_far.png",
+        "param_importance.png",
+        "parallel_coordinates.png",
+    ]
     for path in paths:
         assert path.stat().st_size > 15_000
         with Image.open(path) as image:
@@ -206,14 +212,17 @@ def test_logs_figures_to_parent_run(tmp_path, capsys, monkeypatch):
             {"name": "cb-tpe", "space": "contrastive_balance", "tracking_uri": uri, "parent_run_id": parent}
         )
     )
-    assert main([str(folder), "--json"]) == 0  # tracking URI and run from search.json
+    assert main([str(folder), "--json"]) == 0  # read-only without --log
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["logged_to"] == []
+    assert client.list_artifacts(parent) == []
+    assert main([str(folder), "--json", "--log"]) == 0  # tracking URI and run from search.json
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["logged_to"] == [parent]
     logged = sorted(Path(a.path).name for a in client.list_artifacts(parent, "report"))
     assert logged == ["balance_landscape.png", "best_so_far.png", "parallel_coordinates.png"]
     # an explicit --tracking-uri that does not hold the run is bad input
     with pytest.raises(SystemExit) as exc:
-        main([str(folder), "--tracking-uri", f"sqlite:///{tmp_path / 'other.db'}"])
+        main([str(folder), "--log", "--tracking-uri", f"sqlite:///{tmp_path / 'other.db'}"])
     assert exc.value.code == 2 and parent in capsys.readouterr().err
 
 
@@ -270,10 +279,17 @@ def test_a_stale_recorded_sqlite_store_is_not_created(tmp_path, capsys):
     folder = write_search(tmp_path / "runs", "s", "tpe", 4, seed=1)
     stale = tmp_path / "gone" / "mlflow.db"
     stale.parent.mkdir()
-    (folder / "search.json").write_text(json.dumps({"tracking_uri": f"sqlite:///{stale}", "parent_run_id": "p"}))
-    assert main([str(folder)]) == 0
+    (folder / "search.json").write_text(
+        json.dumps({"tracking_uri": f"sqlite:///{stale}", "parent_run_id": "p"})
+    )
+    assert main([str(folder)]) == 0  # without --log the recorded store is not touched
     assert not stale.exists() and (folder / "report").is_dir()
-    assert "not logging the figures to run p" in capsys.readouterr().err
+    assert capsys.readouterr().err == ""
+    shutil.rmtree(folder / "report")
+    with pytest.raises(SystemExit) as exc:  # with it, a store that is gone is bad input
+        main([str(folder), "--log"])
+    assert exc.value.code == 2 and "an existing sqlite store holding run p" in capsys.readouterr().err
+    assert not stale.exists() and not (folder / "report").exists()
 
 
 @pytest.mark.parametrize("bad", ["tracking", "out"])
@@ -281,7 +297,7 @@ def test_the_report_writes_nothing_before_it_fails(tmp_path, capsys, bad):
     folder = write_search(tmp_path / "runs", "s", "tpe", 4, seed=1)
     (tmp_path / "a-file").write_text("")
     if bad == "tracking":
-        argv = [str(folder), "--tracking-uri", f"sqlite:///{tmp_path / 'missing.db'}"]
+        argv = [str(folder), "--log", "--tracking-uri", f"sqlite:///{tmp_path / 'missing.db'}"]
     else:
         argv = [str(folder), "--out", str(tmp_path / "a-file" / "report")]
     with pytest.raises(SystemExit) as exc:
@@ -291,3 +307,22 @@ def test_the_report_writes_nothing_before_it_fails(tmp_path, capsys, bad):
     assert len(err) == 1 and ("--tracking-uri" if bad == "tracking" else "--out") in err[0]
     assert sorted(p.name for p in folder.iterdir()) == ["results.parquet"]  # no report/ folder
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "runs"]  # no missing.db
+
+
+@pytest.mark.slow
+def test_log_is_needed_and_checked_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    """Read-only by default; --log with a bad tracking URI exits 2 before a figure is drawn."""
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    folder = write_search(tmp_path / "runs", "s", "tpe", 6, seed=1)
+    bad = f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}"
+    for argv in ([str(folder), "--log", "--tracking-uri", bad], [str(folder), "--tracking-uri", bad]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--tracking-uri" in err[0]
+        assert sorted(p.name for p in folder.iterdir()) == ["results.parquet"]  # no report/ folder
+    with pytest.raises(SystemExit) as exc:  # nothing recorded to log to
+        main([str(folder), "--log"])
+    assert exc.value.code == 2 and "--log" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == ["results.parquet"]

@@ -1,26 +1,33 @@
-"""The report's figures, drawn from a results frame (one row per trial: :mod:`tuneddml.results.schema`).
+# Long file: the report's five figures share their scales, labels and figure helpers; the importance study is built from the same rows the figures draw.
+"""The report's figures, drawn from a results frame (one row per trial: :mod:`tuneddml.results.schema`)
+and the searches' per-epoch logs.
 
-Three views of a search, each a function ``plot_*(frame, path, *, metric, mode) -> Path | None``
-that returns ``None`` when the view does not apply (no loss with a ``lambda``, no varied parameter,
-no scored trial):
+Five views of a search, each a function ``draw_*(results) -> Figure | str`` that returns why it
+does not apply (no loss with a ``lambda``, no varied parameter, no epoch log, too few trials):
 
 - the *balance landscape* of Sors et al. (2021, arXiv 2112.11743): for every loss with the balance
   weight ``lambda`` (``total = 2 lambda * first + 2 (1 - lambda) * second``, the two sides each loss
-  declares in its :class:`~tuneddml.losses.base.Balance`, named on the lambda axis), a scatter of
-  lambda against the temperature (or a margin when the loss has no temperature), coloured by the
-  search metric;
+  declares in its :class:`~tuneddml.losses.base.Balance`, named on the lambda axis), the search
+  metric against lambda, on one metric axis shared by every loss's panel, coloured by the loss's
+  temperature (or a margin when the loss has no temperature);
 - *best so far* against the number of trials started, one line per search (searcher): the
   sample-efficiency comparison of coordinate descent, TPE, random and grid search;
+- *learning curves*: the metric and each loss term per epoch for the best trials, from the epoch
+  log (:data:`~tuneddml.results.schema.EPOCHS_FILE`);
+- *parameter importance*: Optuna's PED-ANOVA over the trials with a result, in an in-memory study
+  built from the table (conditional parameters in their own regime);
 - *parallel coordinates* of every varied parameter, one line per trial coloured by the metric;
   categorical parameters sit at evenly spaced ticks, a parameter a trial does not have at "n/a".
 
 :func:`make_report` draws every figure of :data:`PLOTS` that applies (the search driver calls it at
-the end of a search, ``python -m tuneddml.report`` on demand). Figures are built on :class:`matplotlib.figure.Figure` with the Agg canvas, never through pyplot,
-so drawing touches no global state and needs no display.
+the end of a search, ``python -m tuneddml.report`` on demand), and none for a search without any
+result. Figures are built on :class:`matplotlib.figure.Figure` with the Agg canvas, never through
+pyplot, so drawing touches no global state and needs no display.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -32,10 +39,11 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
+from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from tuneddml.results import CONFIG, config_column, scores, varied_params
+from tuneddml.results import CONFIG, EPOCH, TERM, config_column, most_common, scores, varied_params
 
 if TYPE_CHECKING:
     from tuneddml.results import Results, Source
@@ -44,6 +52,9 @@ LAMBDA = config_column("loss.lambda")
 # Second axis of the landscape, in order of preference (Sors et al. plot lambda against these).
 SECOND_AXES = ("temperature", "margin", "neg_margin", "pos_margin", "proxy_temperature", "alpha", "scale")
 MAX_PARALLEL_AXES = 14
+LEARNING_CURVES = 5  # best trials drawn per epoch
+MIN_IMPORTANCE_TRIALS = 6  # trials with a result before PED-ANOVA is asked
+IMPORTANCE_TOP = 5  # trials PED-ANOVA's top quantile should hold (its docs: at least 5)
 NA_POSITION = -0.14
 DPI = 110
 FAILED_COLOR = "0.62"
@@ -99,7 +110,9 @@ def _log_scale(values: pd.Series) -> bool:
 def _second_axis(rows: pd.DataFrame) -> str | None:
     """The loss parameter drawn against lambda: the first of SECOND_AXES that varies in ``rows``."""
     candidates = [config_column(f"loss.{name}") for name in SECOND_AXES]
-    candidates += sorted(c for c in rows.columns if c.startswith(config_column("loss.")) and c not in candidates)
+    candidates += sorted(
+        c for c in rows.columns if c.startswith(config_column("loss.")) and c not in candidates
+    )
     for column in candidates:
         if column == LAMBDA or column not in rows.columns:
             continue
@@ -109,65 +122,111 @@ def _second_axis(rows: pd.DataFrame) -> str | None:
     return None
 
 
-def plot_balance_landscape(frame: pd.DataFrame, path: Path, *, metric: str, mode: str) -> Path | None:
-    """One panel per loss that has ``lambda``: lambda x temperature (or margin), coloured by the metric."""
+def _lambda_label(loss: str, rows: pd.DataFrame) -> str:
+    """The lambda axis of ``loss``: its balance sides; CCP's (which declares none) its base loss's."""
     from tuneddml.losses import balance_label  # the loss registry (and torch) only when drawn
+
+    label = balance_label(loss)
+    base = config_column("loss.base")
+    if label == "lambda" and base in rows.columns and rows[base].dropna().nunique() == 1:
+        label = balance_label(str(rows[base].dropna().iloc[0]))
+    return label.replace(" (", "\n(", 1)
+
+
+def draw_balance_landscape(results: Results) -> Figure | str:
+    """One panel per loss that has ``lambda``: the search metric against lambda, on one metric axis
+    shared by every panel (so the losses compare by height), coloured by the loss's second setting
+    (temperature or a margin) where one varies."""
+    frame, metric, mode = results.frame, results.metric, results.mode
     loss_column = config_column("loss")
     if LAMBDA not in frame.columns or loss_column not in frame.columns:
-        return None
+        return "balance landscape: no trial has a loss.lambda"
     with_lambda = frame[pd.to_numeric(frame[LAMBDA], errors="coerce").notna()]
-    losses = sorted(str(loss) for loss in with_lambda[loss_column].dropna().unique())
-    if not losses:
-        return None
     score = scores(frame, metric)
-    norm, cmap = _norm(score), _colors(mode)
+    if score.loc[with_lambda.index].notna().sum() == 0:
+        return "balance landscape: no trial with a loss.lambda has a result"
+    best_of = {
+        str(loss): score.loc[group.index].agg("max" if mode == "max" else "min")
+        for loss, group in with_lambda.groupby(with_lambda[loss_column].astype(str))
+    }
+    # best loss first; a loss without any result last
+    losses = sorted(
+        best_of, key=lambda k: (math.isnan(best_of[k]), -best_of[k] if mode == "max" else best_of[k])
+    )
     columns = min(3, len(losses))
     rows = math.ceil(len(losses) / columns)
-    figure = _new_figure(4.4 * columns + 1.0, 3.7 * rows + 0.4)
-    axes = figure.subplots(rows, columns, squeeze=False)
+    figure = _new_figure(4.6 * columns + 0.4, 3.9 * rows + 0.5)
+    axes = figure.subplots(rows, columns, squeeze=False, sharey=True)
+    overall = score.loc[with_lambda.index].agg("max" if mode == "max" else "min")
     for ax, loss in zip(axes.flat, losses):
         sub = with_lambda[with_lambda[loss_column].astype(str) == loss]
         x = pd.to_numeric(sub[LAMBDA], errors="coerce").astype(float)
         value = score.loc[sub.index]
         ok = value.notna()
-        y_column = _second_axis(sub)
-        if y_column is not None:
-            y = pd.to_numeric(sub[y_column], errors="coerce").astype(float)
-            ax.set_ylabel(y_column.removeprefix(config_column("loss.")))
-            if _log_scale(y):
-                ax.set_yscale("log")
+        c_column = _second_axis(sub)
+        if c_column is not None:
+            c = pd.to_numeric(sub[c_column], errors="coerce").astype(float)
+            norm = LogNorm(c.min(), c.max()) if _log_scale(c) else _norm(c)
+            points = ax.scatter(
+                x[ok], value[ok], c=c[ok], cmap="plasma", norm=norm, s=46, edgecolors="black", linewidths=0.4
+            )
+            bar = figure.colorbar(
+                points, ax=ax, label=c_column.removeprefix(config_column("loss.")), pad=0.02
+            )
+            if isinstance(norm, LogNorm):  # 0.01, 0.03, 0.1 ... rather than 10^-2 and 3 x 10^-2
+                bar.ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 3.0)))
+                bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+                bar.ax.yaxis.set_minor_formatter(NullFormatter())
         else:
-            # No second parameter varies: the metric itself is the vertical axis.
-            floor = float(score.min()) if score.notna().any() else 0.0
-            y = value.fillna(floor)
-            ax.set_ylabel(metric)
-        ax.scatter(x[ok], y[ok], c=value[ok], cmap=cmap, norm=norm, s=42, edgecolors="black", linewidths=0.3)
-        if (~ok).any():
-            ax.scatter(x[~ok], y[~ok], marker="x", color=FAILED_COLOR, s=36, label="no result")
-            ax.legend(loc="best", fontsize=7)
+            ax.scatter(x[ok], value[ok], color="tab:blue", s=46, edgecolors="black", linewidths=0.4)
+        if (~ok).any():  # no metric, so no height: a cross on the floor of the panel
+            ax.scatter(
+                x[~ok],
+                np.full(int((~ok).sum()), 0.03),
+                transform=ax.get_xaxis_transform(),
+                marker="x",
+                color=FAILED_COLOR,
+                s=40,
+                clip_on=False,
+                label=f"no result ({int((~ok).sum())})",
+            )
+            ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.09), fontsize=7, frameon=False)
         best = _best_index(value, mode)
         if best is not None:
             ax.scatter(
-                [x[best]], [y[best]], marker="*", s=240, facecolors="none", edgecolors="red", linewidths=1.4
+                [x[best]],
+                [value[best]],
+                marker="*",
+                s=260,
+                facecolors="none",
+                edgecolors="red",
+                linewidths=1.4,
             )
             ax.annotate(
                 f"{value[best]:.3f}",
-                (x[best], y[best]),
-                xytext=(6, 6),
+                (x[best], value[best]),
+                xytext=(7, 5),
                 textcoords="offset points",
                 fontsize=8,
                 color="red",
             )
-        ax.set_xlabel(balance_label(loss))
+        ax.axhline(overall, color="red", linestyle=":", linewidth=0.8, alpha=0.7)
+        ax.set_xlabel(_lambda_label(loss, sub), fontsize=8)
         if x.between(0, 1).all():
             ax.set_xlim(-0.04, 1.04)
-        ax.set_title(f"{loss}  ({len(sub)} trials)", fontsize=10)
+        ax.set_title(f"{loss}  ({len(sub)} trials, {int(ok.sum())} with a result)", fontsize=10)
         ax.grid(alpha=0.3)
+        ax.tick_params(labelleft=True)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(metric)
     for ax in list(axes.flat)[len(losses) :]:
         ax.set_visible(False)
-    figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes.ravel().tolist(), label=metric, shrink=0.9)
-    figure.suptitle(f"balance landscape: {metric} over lambda (red star: best of the loss)", fontsize=11)
-    return _save(figure, path)
+    figure.suptitle(
+        f"balance landscape: {metric} against lambda per loss, on one {metric} axis "
+        "(star: best of the loss; dotted: best of all)",
+        fontsize=11,
+    )
+    return figure
 
 
 def _running_best(values: np.ndarray, mode: str) -> np.ndarray:
@@ -175,16 +234,16 @@ def _running_best(values: np.ndarray, mode: str) -> np.ndarray:
     return np.fmax.accumulate(values) if mode == "max" else np.fmin.accumulate(values)
 
 
-def plot_best_so_far(frame: pd.DataFrame, path: Path, *, metric: str, mode: str) -> Path | None:
-    """Best metric so far against the number of trials started, one line per search."""
+def draw_best_so_far(results: Results) -> Figure | str:
+    """Best metric so far against the number of trials started, one line per search; the legend
+    sits below the axes, where it hides no trial."""
+    frame, metric, mode = results.frame, results.metric, results.mode
     score = scores(frame, metric)
-    if score.notna().sum() == 0:
-        return None
     keys = [c for c in ("search", "searcher") if c in frame.columns]
     groups = list(frame.groupby(keys, dropna=False, sort=True)) if keys else [(("all",), frame)]
     searchers = [g.get("searcher", pd.Series(["?"])).iloc[0] for _, g in groups]
     ambiguous = len(set(map(str, searchers))) < len(groups)
-    figure = _new_figure(7.2, 4.4)
+    figure = _new_figure(7.2, 4.9)
     ax = figure.subplots()
     cycle = colormaps["tab10"]
     for i, (key, group) in enumerate(groups):
@@ -201,16 +260,25 @@ def plot_best_so_far(frame: pd.DataFrame, path: Path, *, metric: str, mode: str)
         searcher = str(group["searcher"].iloc[0]) if "searcher" in group.columns else "search"
         label = f"{searcher} ({key[0]})" if ambiguous and "search" in group.columns else searcher
         final = best[-1] if len(best) and not np.isnan(best[-1]) else float("nan")
+        failed = int(np.isnan(values).sum())
         color = cycle(i % 10)
-        ax.step(trials, best, where="post", color=color, linewidth=2, label=f"{label}: {final:.4g}")
-        ax.plot(trials, values, linestyle="none", marker="o", markersize=3.5, color=color, alpha=0.35)
+        ax.step(
+            trials,
+            best,
+            where="post",
+            color=color,
+            linewidth=2,
+            label=f"{label}: best {final:.4g} after {len(values)} trials"
+            + (f" ({failed} without result)" if failed else ""),
+        )
+        ax.plot(trials, values, linestyle="none", marker="o", markersize=4, color=color, alpha=0.45)
     ax.set_xlabel("trials started")
     ax.set_ylabel(f"best {metric} so far ({mode})")
     ax.set_title("best so far per searcher (dots: single trials)", fontsize=11)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right" if mode == "max" else "upper right", fontsize=8)
-    return _save(figure, path)
+    figure.legend(loc="outside lower center", fontsize=8, ncol=1 if len(groups) < 3 else 2, frameon=False)
+    return figure
 
 
 def _axis_positions(values: pd.Series) -> tuple[np.ndarray, list[float], list[str]]:
@@ -249,11 +317,12 @@ def _axis_positions(values: pd.Series) -> tuple[np.ndarray, list[float], list[st
     return positions, ticks, labels
 
 
-def plot_parallel_coordinates(frame: pd.DataFrame, path: Path, *, metric: str, mode: str) -> Path | None:
+def draw_parallel_coordinates(results: Results) -> Figure | str:
     """One vertical axis per varied parameter and one for the metric; one line per trial."""
+    frame, metric, mode = results.frame, results.metric, results.mode
     params = varied_params(frame)[:MAX_PARALLEL_AXES]
     if not params:
-        return None
+        return "parallel coordinates: no parameter varied"
     score = scores(frame, metric)
     columns: Sequence[tuple[str, pd.Series]] = [(p.removeprefix(CONFIG), frame[p]) for p in params]
     columns = [*columns, (metric, score)]
@@ -293,30 +362,278 @@ def plot_parallel_coordinates(frame: pd.DataFrame, path: Path, *, metric: str, m
     ax.set_title(
         f"parallel coordinates of the varied parameters ({len(frame)} trials; dashed: no result)", fontsize=10
     )
-    return _save(figure, path)
+    return figure
+
+
+def _config(row: pd.Series) -> dict[str, Any]:
+    return {
+        c.removeprefix(CONFIG): row[c]
+        for c in row.index
+        if c.startswith(CONFIG) and not (row[c] is None or (isinstance(row[c], float) and math.isnan(row[c])))
+    }
+
+
+def trial_labels(frame: pd.DataFrame) -> dict[Any, str]:
+    """Each row's readable name (:func:`tuneddml.results.labels.trial_label`), by frame index: its
+    start order, loss and the settings the search varied."""
+    from tuneddml.results.labels import trial_label
+
+    searched = [c.removeprefix(CONFIG) for c in varied_params(frame)]
+    order = pd.to_numeric(frame["order"], errors="coerce") if "order" in frame.columns else None
+    return {
+        i: trial_label(
+            _config(row), searched, None if order is None or math.isnan(order[i]) else int(order[i]) + 1
+        )
+        for i, row in frame.iterrows()
+    }
+
+
+def draw_learning_curves(results: Results, top: int = LEARNING_CURVES) -> Figure | str:
+    """The search metric and every loss term (``loss/<term>``) per epoch, for the ``top`` best
+    trials, from the search's epoch log: does a trial still climb when it ends, which term moves."""
+    frame, metric, mode, epochs = results.frame, results.metric, results.mode, results.epochs
+    if epochs.empty or "trial_id" not in epochs.columns or "trial_id" not in frame.columns:
+        return "learning curves: no per-epoch log (epochs.jsonl) for these searches"
+    score = scores(frame, metric)
+    logged = set(epochs["trial_id"].astype(str))
+    best = [
+        i
+        for i in score.dropna().sort_values(ascending=mode == "min", kind="stable").index
+        if str(frame.at[i, "trial_id"]) in logged
+    ][:top]
+    if not best:
+        return "learning curves: the epoch log has no epoch of a trial with a result"
+    picked = epochs[epochs["trial_id"].astype(str).isin({str(frame.at[i, "trial_id"]) for i in best})]
+    terms = [c for c in picked.columns if c.startswith(TERM) and picked[c].notna().any()]
+    terms.sort(key=lambda c: (c != f"{TERM}total", c))
+    panels = [c for c in (metric, *terms) if c in picked.columns]
+    columns = min(3, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    figure = _new_figure(4.3 * columns + 0.4, 3.2 * rows + 0.5 + 0.2 * len(best))
+    axes = figure.subplots(rows, columns, squeeze=False, sharex=True)
+    labels = trial_labels(frame)
+    cycle = colormaps["tab10"]
+    for rank, i in enumerate(best):
+        curve = picked[picked["trial_id"].astype(str) == str(frame.at[i, "trial_id"])].sort_values(EPOCH)
+        label = f"{labels[i]}: {metric} {score[i]:.3f}" + (
+            f" ({frame.at[i, 'status']})"
+            if frame.get("status") is not None and frame.at[i, "status"] != "finished"
+            else ""
+        )
+        for ax, column in zip(axes.flat, panels):
+            if curve[column].notna().any():
+                ax.plot(
+                    curve[EPOCH],
+                    curve[column],
+                    marker="o",
+                    markersize=3.5,
+                    color=cycle(rank % 10),
+                    linewidth=1.6,
+                    label=label if column == metric else None,
+                )
+    for ax, column in zip(axes.flat, panels):
+        ax.set_title(
+            f"{metric} (search metric)" if column == metric else f"loss term {column.removeprefix(TERM)}",
+            fontsize=10,
+        )
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    figure.legend(loc="outside lower center", fontsize=8, frameon=False, ncol=1)
+    figure.suptitle(
+        f"learning curves of the {len(best)} best trials (mean loss terms of each epoch)", fontsize=11
+    )
+    return figure
+
+
+def _distributions(results: Results, rows: pd.DataFrame) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """``(params, distributions)`` of each row, by the space's domain names (``key@i`` for a
+    variant): from the space file when it loads, else from the values in the table."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    try:
+        from tuneddml.searchers.space import load_space
+
+        space = load_space(most_common(rows, "space") or "", validate=lambda flat: None)
+    except Exception:  # a space file that moved or changed: infer from the table
+        space = None
+    out = []
+    if space is not None:
+        made = {}
+        for d in space.domains:
+            if d.kind == "choice":
+                made[d.name] = CategoricalDistribution(list(d.choices))
+            elif d.kind == "int":
+                made[d.name] = IntDistribution(int(d.low), int(d.high), log=d.log)
+            else:
+                made[d.name] = FloatDistribution(d.low, d.high, log=d.log)
+        domains = {d.name: d for d in space.domains}
+        for _, row in rows.iterrows():
+            config = {k: v for k, v in _config(row).items() if k in space.parameters}
+            named = space.names_of(config)
+            params = {n: _as_domain_value(domains[n], v) for n, v in named.items()}
+            out.append((params, {n: made[n] for n in params}))
+        return out
+    inferred = {}
+    for column in varied_params(rows):
+        values = rows[column].dropna()
+        if _is_numeric(values):
+            numbers = values.astype(float)
+            inferred[column] = FloatDistribution(
+                float(numbers.min()), float(numbers.max()), log=_log_scale(numbers)
+            )
+        else:
+            inferred[column] = CategoricalDistribution(sorted({str(v) for v in values}))
+    for _, row in rows.iterrows():
+        params = {
+            c.removeprefix(CONFIG): (float(row[c]) if isinstance(d, FloatDistribution) else str(row[c]))
+            for c, d in inferred.items()
+            if not (row[c] is None or (isinstance(row[c], float) and math.isnan(row[c])))
+        }
+        out.append(
+            (
+                params,
+                {c.removeprefix(CONFIG): inferred[c] for c in inferred if c.removeprefix(CONFIG) in params},
+            )
+        )
+    return out
+
+
+def _as_domain_value(domain: Any, value: Any) -> Any:
+    """A table value as the domain's own type (Parquet gives numpy numbers, a choice may be a string)."""
+    if domain.kind == "choice":
+        return next((c for c in domain.choices if c == value or str(c) == str(value)), value)
+    return int(value) if domain.kind == "int" else float(value)
+
+
+def param_importance(results: Results) -> tuple[dict[str, float], str] | str:
+    """Optuna's PED-ANOVA importance of each searched parameter for reaching the search's top
+    trials (Conditional PED-ANOVA: a parameter that only some trials have counts in their regime),
+    over the trials with a result, in an in-memory study built from the results table; with the
+    trials it took. A reason (str) where it cannot say anything."""
+    import warnings
+
+    import optuna
+    from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
+
+    frame, metric, mode = results.frame, results.metric, results.mode
+    space = most_common(frame, "space")
+    rows = (
+        frame[frame["space"].astype(str) == space]
+        if space is not None and "space" in frame.columns
+        else frame
+    )
+    score = scores(rows, metric)
+    rows = rows[score.notna()]
+    if len(rows) < MIN_IMPORTANCE_TRIALS:
+        return f"parameter importance: needs {MIN_IMPORTANCE_TRIALS} trials with a result, has {len(rows)}"
+    trials = []
+    for (params, distributions), value in zip(_distributions(results, rows), score[rows.index]):
+        try:
+            trials.append(
+                optuna.trial.create_trial(params=params, distributions=distributions, value=float(value))
+            )
+        except ValueError:  # a value outside the space (the file changed since): left out
+            continue
+    values: dict[str, set[str]] = {}
+    for t in trials:
+        for n, v in t.params.items():
+            values.setdefault(n, set()).add(repr(v))
+    varied = sorted(n for n, seen in values.items() if len(seen) > 1)
+    if not varied:
+        return "parameter importance: no parameter varied"
+    quantile = min(0.5, max(0.1, IMPORTANCE_TOP / len(trials)))
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+        study.add_trials(trials)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            importance = get_param_importances(
+                study,
+                evaluator=PedAnovaImportanceEvaluator(target_quantile=quantile),
+                params=varied,
+                target=(lambda t: -t.value) if mode == "max" else (lambda t: t.value),  # lower is better
+            )
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    if not any(v > 0 for v in importance.values()):
+        return "parameter importance: PED-ANOVA found no parameter that separates the best trials"
+    top = max(1, math.ceil(quantile * len(trials)))
+    return importance, f"top {top} of {len(trials)} trials with a result"
+
+
+def draw_param_importance(results: Results) -> Figure | str:
+    """:func:`param_importance` as horizontal bars, most important on top."""
+    found = param_importance(results)
+    if isinstance(found, str):
+        return found
+    importance, basis = found
+    names = list(importance)[::-1]
+    values = [importance[n] for n in names]
+    figure = _new_figure(6.8, 1.4 + 0.38 * len(names))
+    ax = figure.subplots()
+    bars = ax.barh(names, values, color="tab:blue")
+    ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], padding=3, fontsize=8)
+    ax.set_xlim(0, max(values) * 1.15)
+    ax.set_xlabel("importance (normalised: the bars add up to 1)")
+    ax.tick_params(axis="y", labelsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(
+        f"parameter importance: what sets the {results.metric} of the best trials\n"
+        f"(Optuna PED-ANOVA over the {basis})",
+        fontsize=10,
+    )
+    return figure
 
 
 PLOTS = {
-    "balance_landscape.png": plot_balance_landscape,
-    "best_so_far.png": plot_best_so_far,
-    "parallel_coordinates.png": plot_parallel_coordinates,
+    "balance_landscape.png": draw_balance_landscape,
+    "best_so_far.png": draw_best_so_far,
+    "learning_curves.png": draw_learning_curves,
+    "param_importance.png": draw_param_importance,
+    "parallel_coordinates.png": draw_parallel_coordinates,
 }
 
 
 def make_report(
-    tables: Iterable[Source] | Results, out_dir: str | os.PathLike, *, metric: str | None = None
+    tables: Iterable[Source] | Results,
+    out_dir: str | os.PathLike,
+    *,
+    metric: str | None = None,
+    epochs: pd.DataFrame | None = None,
+    notes: list[str] | None = None,
 ) -> list[Path]:
     """Draw the report's PNGs from results tables (paths, pyarrow Tables or DataFrames) into ``out_dir``.
 
-    Returns the files written; a figure that does not apply to these trials is skipped.
+    ``epochs``: per-epoch records for tables given as data (a search folder's own epoch log is read
+    with its table). Returns the files written; a figure that does not apply is skipped, and why is
+    appended to ``notes``. A search without any result draws nothing (one note says so).
     """
     from tuneddml.results import Results, load_results
 
     results = tables if isinstance(tables, Results) else load_results(tables, metric=metric)
+    if epochs is not None:
+        results = dataclasses.replace(results, epochs=epochs)
+    notes = [] if notes is None else notes
+    if scores(results.frame, results.metric).notna().sum() == 0:
+        statuses = results.frame["status"].value_counts() if "status" in results.frame.columns else {}
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(dict(statuses).items()))
+        notes.append(
+            f"no figures: none of the {len(results.frame)} trials has a {results.metric}"
+            + (f" ({counts})" if counts else "")
+        )
+        return []
     out = Path(out_dir)
     written = []
-    for filename, plot in PLOTS.items():
-        path = plot(results.frame, out / filename, metric=results.metric, mode=results.mode)
-        if path is not None:
-            written.append(path)
+    for filename, draw in PLOTS.items():
+        drawn = draw(results)
+        if isinstance(drawn, str):
+            notes.append(drawn)
+        else:
+            written.append(_save(drawn, out / filename))
     return written

@@ -1,17 +1,21 @@
 """Report on finished searches: ``python -m tuneddml.report [RESULTS ...] [options]``.
 
 Reads the results tables the search driver writes (``<storage>/<search>/results.parquet``, one row
-per trial), prints the best trials and the best trial per loss, and draws the figures of
-:mod:`tuneddml.plots` (balance landscape, best so far per searcher, parallel coordinates) as PNGs.
-With a tracking URI (``--tracking-uri``, or ``tracking_uri`` in the search folder's ``search.json``)
-the images are logged as artifacts (folder ``report/``) of each search's MLflow parent run.
+per trial) and their per-epoch logs (``epochs.jsonl``), prints the best trials and the best trial
+per loss, and draws the figures of :mod:`tuneddml.plots` (balance landscape, best so far per
+searcher, learning curves, parameter importance, parallel coordinates) as PNGs. It is read-only
+towards MLflow unless asked: with ``--log`` the images are logged as artifacts (folder ``report/``)
+of each search's MLflow parent run (tracking URI from ``--tracking-uri``, or ``tracking_uri`` in
+the search folder's ``search.json``).
 
 The table's columns are :mod:`tuneddml.results.schema`'s; it is read with
 :func:`tuneddml.results.load_results`. The report only presents: it computes nothing the driver
 has not written.
 
 Searches run with several searchers on one space compare best when given together: the best-so-far
-figure then has one line per search. Bad input exits with code 2 and one line.
+figure then has one line per search. Every input (the tables, the output folder, the tracking URI
+and parent runs with ``--log``) is checked before anything is written; bad input exits with code 2
+and one line.
 """
 
 from __future__ import annotations
@@ -89,8 +93,17 @@ def _fmt(value: Any) -> str:
     return "-" if _missing(value) else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def shown_params(frame: pd.DataFrame) -> list[str]:
+    """The settings the tables show: the varied ones; where only the loss varied, each loss's own
+    settings (``loss.*``), which differ between the losses even where none was searched."""
+    varied = [c for c in varied_params(frame) if c != config_column("loss")]
+    if varied:
+        return varied
+    return sorted(c for c in frame.columns if c.startswith(config_column("loss.")))
+
+
 def _trial(row: pd.Series, column: str, params: Sequence[str]) -> dict[str, Any]:
-    """One trial as the tables and the JSON show it; ``params`` are its varied settings it has."""
+    """One trial as the tables and the JSON show it; ``params`` are the shown settings it has."""
     value = row.get(column)
     keys = ("trial_id", "search", "searcher", "status", "mlflow_run_id")
     error = row.get("error")
@@ -100,7 +113,9 @@ def _trial(row: pd.Series, column: str, params: Sequence[str]) -> dict[str, Any]
         "loss": row.get(config_column("loss")),
         "value": None if _missing(value) else value,
         "params": {
-            c.removeprefix(CONFIG): row[c] for c in params if c != config_column("loss") and not _missing(row.get(c))
+            c.removeprefix(CONFIG): row[c]
+            for c in params
+            if c != config_column("loss") and not _missing(row.get(c))
         },
     }
 
@@ -153,7 +168,7 @@ def _cells(trial: dict[str, Any], several: bool) -> list[str]:
 
 def print_report(results: Results, column: str, top: int, out: IO[str]) -> dict[str, Any]:
     """Print the best trials and the best per loss; return the same as a JSON-ready dict."""
-    frame, params = results.frame, varied_params(results.frame)
+    frame, params = results.frame, shown_params(results.frame)
     searches = search_summaries(results)
     several = len(searches) > 1
     print(
@@ -282,32 +297,35 @@ def check_out_dir(folder: Path) -> None:
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".tuneddml-probe-", dir=existing))
     except OSError as exc:
-        raise ConfigError("--out", str(folder), f"a folder you can write in ({exc.strerror or exc})") from None
+        raise ConfigError(
+            "--out", str(folder), f"a folder you can write in ({exc.strerror or exc})"
+        ) from None
 
 
-def usable_targets(targets: Sequence[tuple[str, str]], *, explicit: str | None) -> list[tuple[str, str]]:
-    """The parent runs the figures can be logged to: the tracking URI checked (and a sqlite store
-    existing: the report creates none). A bad ``--tracking-uri`` is an error; a stale URI recorded
-    in a search.json is skipped with a warning."""
+def check_targets(targets: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``--log``: the parent runs the figures go to, each tracking URI checked (and a sqlite store
+    existing: the report creates none); one that is not usable is an error, before anything is
+    drawn, as is having none."""
     from tuneddml.tracking import check_tracking_uri
 
-    usable = []
+    if not targets:
+        raise ConfigError(
+            "--log",
+            "no parent run",
+            "a search.json naming its MLflow run, or --tracking-uri for the table's parent_run_id",
+        )
     for uri, run_id in targets:
-        try:
-            check_tracking_uri(uri)
-            if uri.split("://", 1)[0].split("+", 1)[0] == "sqlite":
-                path = Path(uri.split("://", 1)[1][1:])
-                if not path.is_file():
-                    raise ConfigError(
-                        "--tracking-uri", uri, f"an existing sqlite store holding run {run_id} (the report creates none)"
-                    )
-        except ConfigError as exc:
-            if explicit:
-                raise
-            print(f"warning: not logging the figures to run {run_id}: {exc}"[:199], file=sys.stderr)
-            continue
-        usable.append((uri, run_id))
-    return usable
+        check_tracking_uri(uri)
+        if (
+            uri.split("://", 1)[0].split("+", 1)[0] == "sqlite"
+            and not Path(uri.split("://", 1)[1][1:]).is_file()
+        ):
+            raise ConfigError(
+                "--tracking-uri",
+                uri,
+                f"an existing sqlite store holding run {run_id} (the report creates none)",
+            )
+    return list(targets)
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -325,8 +343,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10, help="best trials to list (default: 10)")
     p.add_argument("--sort", help="rank by this column or metric name (default: best.<search metric>)")
     p.add_argument(
+        "--log",
+        action="store_true",
+        help="also log the PNGs to each search's MLflow parent run, under report/ (default: MLflow is not touched)",
+    )
+    p.add_argument(
         "--tracking-uri",
-        help="log the PNGs to the parent runs in this MLflow store (default: the search.json of each search)",
+        help="with --log: the MLflow store holding the parent runs (default: the search.json of each search)",
     )
     p.add_argument("--no-plots", action="store_true", help="print the tables only")
     p.add_argument(
@@ -344,20 +367,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = load_results(files)
     column = sort_column(results, args.sort)
     # everything that can fail is checked before anything is drawn or written
+    if args.tracking_uri and not args.log:
+        raise ConfigError(
+            "--tracking-uri", args.tracking_uri, "given with --log (the report logs nothing without it)"
+        )
+    if args.log and args.no_plots:
+        raise ConfigError("--log", "with --no-plots", "figures to log (drop --no-plots)")
     targets: list[tuple[str, str]] = []
     out_dir = Path(args.out) if args.out else default_out_dir(results, args.storage)
     if not args.no_plots:
         check_out_dir(out_dir)
-        targets = usable_targets(parent_runs(results, args.tracking_uri), explicit=args.tracking_uri)
+    if args.log:
+        targets = check_targets(parent_runs(results, args.tracking_uri))
     out = sys.stderr if args.json else sys.stdout
     summary = print_report(results, column, args.top, out)
     written: list[Path] = []
     logged: list[str] = []
     if not args.no_plots:
-        written = make_report(results, out_dir)
-        print("\nfigures:" if written else "\nno figure applies to these trials", file=out)
+        notes: list[str] = []
+        written = make_report(results, out_dir, notes=notes)
+        print("\nfigures:" if written else "\nno figures", file=out)
         for path in written:
             print(f"  {path}", file=out)
+        for note in notes:
+            print(f"  skipped: {note}" if written else f"  {note}", file=out)
         logged = log_report(written, targets)
         if logged:
             print(f"logged to MLflow run(s) {', '.join(logged)} under {REPORT_FOLDER}/", file=out)

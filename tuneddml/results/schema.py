@@ -28,6 +28,7 @@ from typing import Any
 RUNS_FOLDER = "tuneddml_runs"  # the default storage folder, in the working folder
 RESULTS_FILE = "results.parquet"
 SEARCH_FILE = "search.json"  # the search's own record: name, space, searcher, MLflow run, budget
+EPOCHS_FILE = "epochs.jsonl"  # every trial's per-epoch record (with trial_id), as the results came
 REPORT_FOLDER = "report"  # the report's figures, beside the table and under the parent run
 
 CONFIG = "config."

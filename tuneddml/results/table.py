@@ -1,10 +1,12 @@
 """Writing and reading results tables, local or remote (``s3://``, ``gs://``: whatever
 ``pyarrow.fs`` reads); the columns are :mod:`tuneddml.results.schema`'s. The search driver writes
 with :func:`write_results`; the report and its plots read with :func:`find_results` and
-:func:`load_results` and rank trials with :func:`score_column` / :func:`scores`."""
+:func:`load_results` (which also reads each search's per-epoch log, :func:`read_epochs`) and rank
+trials with :func:`score_column` / :func:`scores`."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from tuneddml.errors import ConfigError
-from tuneddml.results.schema import BEST, CONFIG, METRIC, RESULTS_FILE, RUNS_FOLDER
+from tuneddml.results.schema import BEST, CONFIG, EPOCH, EPOCHS_FILE, METRIC, RESULTS_FILE, RUNS_FOLDER
 
 
 def write_results(rows: list[dict], path: Path) -> None:
@@ -102,12 +104,15 @@ Source = str | os.PathLike | Location | pa.Table | pd.DataFrame
 
 @dataclass
 class Results:
-    """All trials of the searches read, with the search metric and where each search lives."""
+    """All trials of the searches read, with the search metric and where each search lives;
+    ``epochs``: their per-epoch records (``trial_id``, ``epoch``, metrics, ``loss/<term>``), empty
+    for searches without an epoch log."""
 
     frame: pd.DataFrame
     metric: str
     mode: str
     folders: list[Location] = field(default_factory=list)
+    epochs: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def find_results(
@@ -150,6 +155,30 @@ def read_results(at: Location) -> pa.Table:
         raise ConfigError("RESULTS", str(at), f"a readable Parquet results table ({exc})") from None
 
 
+def read_epochs(folder: Location) -> pd.DataFrame:
+    """The search's epoch log (:data:`~tuneddml.results.schema.EPOCHS_FILE`) as one row per
+    (trial, epoch): the last record of each, as a resumed search appends a repeated epoch again.
+    Empty when the search has no log (it predates them); a line cut by a crash is skipped."""
+    at = folder.child(EPOCHS_FILE)
+    if at.kind() != pafs.FileType.File:
+        return pd.DataFrame()
+    try:
+        with at.fs.open_input_stream(at.path) as stream:
+            text = stream.read().decode(errors="replace")
+    except (OSError, pa.ArrowException):
+        return pd.DataFrame()
+    records: dict[tuple[str, int], dict[str, Any]] = {}
+    for line in text.splitlines():
+        try:
+            item = json.loads(line)
+            key = (str(item["trial_id"]), int(item[EPOCH]))
+        except (ValueError, KeyError, TypeError):
+            continue
+        records.pop(key, None)  # the last one wins, in the order it was last written
+        records[key] = item
+    return pd.DataFrame(list(records.values()))
+
+
 def _frame(source: Source) -> tuple[pd.DataFrame, Location | None]:
     if isinstance(source, pd.DataFrame):
         return source.copy(), None
@@ -188,7 +217,9 @@ def load_results(sources: Iterable[Source], *, metric: str | None = None) -> Res
     mode = most_common(frame, "mode") or "max"
     if mode not in ("max", "min"):
         raise ConfigError("mode", mode, ("max", "min"))
-    return Results(frame, metric, mode, folders)
+    logs = [e for e in (read_epochs(f) for f in folders) if not e.empty]
+    epochs = pd.concat(logs, ignore_index=True, sort=False) if logs else pd.DataFrame()
+    return Results(frame, metric, mode, folders, epochs)
 
 
 # ---------------------------------------------------------------------------------------- columns

@@ -110,6 +110,7 @@ def run_search(request: SearchRequest, *, stream: IO[str] | None = None) -> Sear
     from tuneddml.results.ledger import read_ended
     from tuneddml.searchers.ray_searcher import make_ray_searcher
     from tuneddml.searchers.schedulers import SCHEDULERS
+    from tuneddml.tuning.epoch_log import EpochLog
     from tuneddml.tuning.mlflow_callback import MlflowCallback, TrialLedger
     from tuneddml.tuning.outcome import result_rows
     from tuneddml.tuning.progress import SearchProgress
@@ -185,7 +186,7 @@ def run_search(request: SearchRequest, *, stream: IO[str] | None = None) -> Sear
             searched=space.parameters,
             folder=str(request.folder),
         )
-        callbacks = [progress, tracker, TrialLedger(request.folder)]
+        callbacks = [progress, tracker, TrialLedger(request.folder), EpochLog(request.folder)]
         if request.resume:
             print(f"resuming search {request.name} from {request.folder}", file=out, flush=True)
             tuner = tune.Tuner.restore(
