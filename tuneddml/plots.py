@@ -177,8 +177,10 @@ def draw_balance_landscape(results: Results) -> Figure | str:
                 bar.ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 3.0)))
                 bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
                 bar.ax.yaxis.set_minor_formatter(NullFormatter())
-        else:
-            ax.scatter(x[ok], value[ok], color="tab:blue", s=46, edgecolors="black", linewidths=0.4)
+        else:  # lambda alone varies in this loss: a scan, read as a curve
+            line = value[ok].groupby(x[ok]).agg("max" if mode == "max" else "min").sort_index()
+            ax.plot(line.index, line.to_numpy(), color="tab:blue", linewidth=1, alpha=0.5)
+            ax.scatter(x[ok], value[ok], color="tab:blue", s=46, edgecolors="black", linewidths=0.4, zorder=3)
         if (~ok).any():  # no metric, so no height: a cross on the floor of the panel
             ax.scatter(
                 x[~ok],
@@ -214,7 +216,9 @@ def draw_balance_landscape(results: Results) -> Figure | str:
         ax.set_xlabel(_lambda_label(loss, sub), fontsize=8)
         if x.between(0, 1).all():
             ax.set_xlim(-0.04, 1.04)
-        ax.set_title(f"{loss}  ({len(sub)} trials, {int(ok.sum())} with a result)", fontsize=10)
+        trials = f"{len(sub)} trial{'s' if len(sub) != 1 else ''}"
+        ax.set_title(f"{loss}  ({trials}, {int(ok.sum())} with a result)", fontsize=10)
+        ax.margins(y=0.12)  # room for the best value's label above its star
         ax.grid(alpha=0.3)
         ax.tick_params(labelleft=True)
     for ax in axes[:, 0]:
@@ -407,7 +411,7 @@ def draw_learning_curves(results: Results, top: int = LEARNING_CURVES) -> Figure
     terms = [c for c in picked.columns if c.startswith(TERM) and picked[c].notna().any()]
     terms.sort(key=lambda c: (c != f"{TERM}total", c))
     panels = [c for c in (metric, *terms) if c in picked.columns]
-    columns = min(3, len(panels))
+    columns = 2 if len(panels) in (2, 4) else min(3, len(panels))
     rows = math.ceil(len(panels) / columns)
     figure = _new_figure(4.3 * columns + 0.4, 3.2 * rows + 0.5 + 0.2 * len(best))
     axes = figure.subplots(rows, columns, squeeze=False, sharex=True)
@@ -415,7 +419,7 @@ def draw_learning_curves(results: Results, top: int = LEARNING_CURVES) -> Figure
     cycle = colormaps["tab10"]
     for rank, i in enumerate(best):
         curve = picked[picked["trial_id"].astype(str) == str(frame.at[i, "trial_id"])].sort_values(EPOCH)
-        label = f"{labels[i]}: {metric} {score[i]:.3f}" + (
+        label = f"{labels[i]}: best {metric} {score[i]:.3f}" + (
             f" ({frame.at[i, 'status']})"
             if frame.get("status") is not None and frame.at[i, "status"] != "finished"
             else ""
