@@ -170,13 +170,14 @@ def draw_balance_landscape(results: Results) -> Figure | str:
             points = ax.scatter(
                 x[ok], value[ok], c=c[ok], cmap="plasma", norm=norm, s=46, edgecolors="black", linewidths=0.4
             )
-            bar = figure.colorbar(
-                points, ax=ax, label=c_column.removeprefix(config_column("loss.")), pad=0.02
-            )
+            # below the panel: a bar beside it would read as the next panel's vertical axis
+            bar = figure.colorbar(points, ax=ax, location="bottom", shrink=0.8, aspect=35, pad=0.01)
+            bar.set_label(f"colour: {c_column.removeprefix(config_column('loss.'))}", fontsize=8)
+            bar.ax.tick_params(labelsize=7)
             if isinstance(norm, LogNorm):  # 0.01, 0.03, 0.1 ... rather than 10^-2 and 3 x 10^-2
-                bar.ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 3.0)))
-                bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
-                bar.ax.yaxis.set_minor_formatter(NullFormatter())
+                bar.ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 3.0)))
+                bar.ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+                bar.ax.xaxis.set_minor_formatter(NullFormatter())
         else:  # lambda alone varies in this loss: a scan, read as a curve
             line = value[ok].groupby(x[ok]).agg("max" if mode == "max" else "min").sort_index()
             ax.plot(line.index, line.to_numpy(), color="tab:blue", linewidth=1, alpha=0.5)
@@ -190,9 +191,7 @@ def draw_balance_landscape(results: Results) -> Figure | str:
                 color=FAILED_COLOR,
                 s=40,
                 clip_on=False,
-                label=f"no result ({int((~ok).sum())})",
             )
-            ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.09), fontsize=7, frameon=False)
         best = _best_index(value, mode)
         if best is not None:
             ax.scatter(
@@ -217,7 +216,8 @@ def draw_balance_landscape(results: Results) -> Figure | str:
         if x.between(0, 1).all():
             ax.set_xlim(-0.04, 1.04)
         trials = f"{len(sub)} trial{'s' if len(sub) != 1 else ''}"
-        ax.set_title(f"{loss}  ({trials}, {int(ok.sum())} with a result)", fontsize=10)
+        missing = "; grey x: without" if (~ok).any() else ""
+        ax.set_title(f"{loss}  ({trials}, {int(ok.sum())} with a result{missing})", fontsize=10)
         ax.margins(y=0.12)  # room for the best value's label above its star
         ax.grid(alpha=0.3)
         ax.tick_params(labelleft=True)
