@@ -110,20 +110,24 @@ def test_learning_curves_from_the_epoch_log(tmp_path):
     results = load_results([folder / "results.parquet"])
     assert len(results.epochs) == len(expected)  # one record per (trial, epoch)
     figure = draw_learning_curves(results, top=3)
-    titles = [ax.get_title() for ax in figure.axes if ax.get_visible()]
-    assert titles == [
-        f"{METRIC} (search metric)",
-        "loss term total",
-        "loss term ent",
-        "loss term neg",
-        "loss term pos",
-    ]
-    metric_ax = figure.axes[0]
     best = sorted((r for r in rows if r[f"best.{METRIC}"] is not None), key=lambda r: -r[f"best.{METRIC}"])[
         :3
     ]
+    losses = list(dict.fromkeys(r["config.loss"] for r in best))
+    second = {"supcon": "ent", "contrastive": "neg", "triplet": "neg"}
+    panels = {ax.get_title(): ax for ax in figure.axes}
+    # the terms get a row per loss (their own scales), total first, then the balance's two sides
+    assert list(panels) == [f"{METRIC} (search metric)"] + [
+        f"{loss}: loss term {term}" for loss in losses for term in ("total", "pos", second[loss])
+    ]
+    for loss in losses:
+        assert len(panels[f"{loss}: loss term pos"].get_lines()) == sum(
+            r["config.loss"] == loss for r in best
+        )
+    metric_ax = panels[f"{METRIC} (search metric)"]
     labels = trial_labels(results.frame)
     by_id = {results.frame.at[i, "trial_id"]: label for i, label in labels.items()}
+    assert len(metric_ax.get_lines()) == 3
     for line, row in zip(metric_ax.get_lines(), best):
         assert line.get_label().startswith(by_id[row["trial_id"]])
         assert by_id[row["trial_id"]].startswith(f"t{row['order'] + 1:02d} {row['config.loss']} lambda=")

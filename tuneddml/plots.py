@@ -392,12 +392,27 @@ def trial_labels(frame: pd.DataFrame) -> dict[Any, str]:
     }
 
 
+def _balance_sides(loss: str) -> tuple[str, str] | tuple[()]:
+    """The two terms ``lambda`` weighs in ``loss`` (first, second), or none."""
+    from tuneddml.losses import LOSSES
+
+    try:
+        balance = LOSSES.get(loss).factory.balance  # type: ignore[attr-defined]
+    except Exception:  # not a registered loss, or one without a balance
+        return ()
+    return (balance.first, balance.second) if balance is not None else ()
+
+
 def draw_learning_curves(results: Results, top: int = LEARNING_CURVES) -> Figure | str:
     """The search metric and every loss term (``loss/<term>``) per epoch, for the ``top`` best
-    trials, from the search's epoch log: does a trial still climb when it ends, which term moves."""
+    trials, from the search's epoch log: does a trial still climb when it ends, which term moves.
+    The metric's panel (left, full height) holds every trial; the terms get one row per loss, as
+    two losses' ``pos`` are different quantities on different scales."""
     frame, metric, mode, epochs = results.frame, results.metric, results.mode, results.epochs
     if epochs.empty or "trial_id" not in epochs.columns or "trial_id" not in frame.columns:
         return "learning curves: no per-epoch log (epochs.jsonl) for these searches"
+    if metric not in epochs.columns:
+        return f"learning curves: the epoch log has no {metric}"
     score = scores(frame, metric)
     logged = set(epochs["trial_id"].astype(str))
     best = [
@@ -407,48 +422,54 @@ def draw_learning_curves(results: Results, top: int = LEARNING_CURVES) -> Figure
     ][:top]
     if not best:
         return "learning curves: the epoch log has no epoch of a trial with a result"
-    picked = epochs[epochs["trial_id"].astype(str).isin({str(frame.at[i, "trial_id"]) for i in best})]
-    terms = [c for c in picked.columns if c.startswith(TERM) and picked[c].notna().any()]
-    terms.sort(key=lambda c: (c != f"{TERM}total", c))
-    panels = [c for c in (metric, *terms) if c in picked.columns]
-    columns = 2 if len(panels) in (2, 4) else min(3, len(panels))
-    rows = math.ceil(len(panels) / columns)
-    figure = _new_figure(4.3 * columns + 0.4, 3.2 * rows + 0.5 + 0.2 * len(best))
-    axes = figure.subplots(rows, columns, squeeze=False, sharex=True)
+    curves = {
+        i: epochs[epochs["trial_id"].astype(str) == str(frame.at[i, "trial_id"])].sort_values(EPOCH)
+        for i in best
+    }
+    loss_column = config_column("loss")
+    loss_of = {i: str(frame.at[i, loss_column]) if loss_column in frame.columns else "loss" for i in best}
+    terms: dict[str, list[str]] = {}  # loss -> its terms, best loss first
+    for i in best:
+        present = [c for c in curves[i].columns if c.startswith(TERM) and curves[i][c].notna().any()]
+        known = terms.setdefault(loss_of[i], [])
+        known += [c for c in present if c not in known]
+    for loss, names in terms.items():  # total, then the balance's two sides in its order
+        sides = _balance_sides(loss)
+        names.sort(key=lambda c: (c != f"{TERM}total", *(c != f"{TERM}{side}" for side in sides), c))
+    width = max((len(t) for t in terms.values()), default=0)
+    rows = [
+        [metric, *(f"{loss}|{t}" for t in names), *["."] * (width - len(names))]
+        for loss, names in terms.items()
+    ]
+    rows = [row for row in rows if len(row) > 1] or [[metric]]
+    figure = _new_figure(3.9 * len(rows[0]) + 0.4, max(3.4, 2.7 * len(rows)) + 0.4 + 0.2 * len(best))
+    axes = figure.subplot_mosaic(rows, empty_sentinel=".")
     labels = trial_labels(frame)
     cycle = colormaps["tab10"]
     for rank, i in enumerate(best):
-        curve = picked[picked["trial_id"].astype(str) == str(frame.at[i, "trial_id"])].sort_values(EPOCH)
+        status = frame.at[i, "status"] if "status" in frame.columns else "finished"
         label = f"{labels[i]}: best {metric} {score[i]:.3f}" + (
-            f" ({frame.at[i, 'status']})"
-            if frame.get("status") is not None and frame.at[i, "status"] != "finished"
-            else ""
+            f" ({status})" if status != "finished" else ""
         )
-        for ax, column in zip(axes.flat, panels):
-            if curve[column].notna().any():
-                ax.plot(
-                    curve[EPOCH],
-                    curve[column],
-                    marker="o",
-                    markersize=3.5,
-                    color=cycle(rank % 10),
-                    linewidth=1.6,
-                    label=label if column == metric else None,
-                )
-    for ax, column in zip(axes.flat, panels):
+        style = {"marker": "o", "markersize": 3.5, "color": cycle(rank % 10), "linewidth": 1.6}
+        curve = curves[i]
+        axes[metric].plot(curve[EPOCH], curve[metric], label=label, **style)
+        for term in terms.get(loss_of[i], []):
+            if curve.get(term) is not None and curve[term].notna().any():
+                axes[f"{loss_of[i]}|{term}"].plot(curve[EPOCH], curve[term], **style)
+    for key, ax in axes.items():
+        loss, _, term = key.partition("|")
         ax.set_title(
-            f"{metric} (search metric)" if column == metric else f"loss term {column.removeprefix(TERM)}",
+            f"{metric} (search metric)" if not term else f"{loss}: loss term {term.removeprefix(TERM)}",
             fontsize=10,
         )
         ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlabel("epoch", fontsize=8)
         ax.grid(alpha=0.3)
-    for ax in axes[-1]:
-        ax.set_xlabel("epoch")
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.set_visible(False)
     figure.legend(loc="outside lower center", fontsize=8, frameon=False, ncol=1)
     figure.suptitle(
-        f"learning curves of the {len(best)} best trials (mean loss terms of each epoch)", fontsize=11
+        f"learning curves of the {len(best)} best trials (each loss term: its mean over the epoch)",
+        fontsize=11,
     )
     return figure
 
