@@ -25,8 +25,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("losses",),
     ("config",),
     ("results",),
-    ("training", "tracking", "plots"),
+    ("training", "tracking"),
     ("searchers",),
+    ("plots",),
     ("tuning",),
     ("report", "catalog", "train", "search"),
 ]

@@ -18,10 +18,10 @@ from tuneddml.plots import (
     draw_balance_landscape,
     draw_learning_curves,
     make_report,
-    param_importance,
     trial_labels,
 )
 from tuneddml.report import load_results, main
+from tuneddml.searchers.importance import param_importance
 
 
 def _panels(figure) -> list:

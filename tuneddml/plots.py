@@ -1,4 +1,4 @@
-# Long file: the report's five figures share their scales, labels and figure helpers; the importance study is built from the same rows the figures draw.
+# Long file: the report's five figures share their scales, labels and figure helpers.
 """The report's figures, drawn from a results frame (one row per trial: :mod:`tuneddml.results.schema`)
 and the searches' per-epoch logs.
 
@@ -43,7 +43,16 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from tuneddml.results import CONFIG, EPOCH, TERM, config_column, most_common, scores, varied_params
+from tuneddml.results import (
+    CONFIG,
+    EPOCH,
+    TERM,
+    config_column,
+    is_numeric,
+    log_scaled,
+    scores,
+    varied_params,
+)
 
 if TYPE_CHECKING:
     from tuneddml.results import Results, Source
@@ -53,19 +62,9 @@ LAMBDA = config_column("loss.lambda")
 SECOND_AXES = ("temperature", "margin", "neg_margin", "pos_margin", "proxy_temperature", "alpha", "scale")
 MAX_PARALLEL_AXES = 14
 LEARNING_CURVES = 5  # best trials drawn per epoch
-MIN_IMPORTANCE_TRIALS = 6  # trials with a result before PED-ANOVA is asked
-IMPORTANCE_TOP = 5  # trials PED-ANOVA's top quantile should hold (its docs: at least 5)
 NA_POSITION = -0.14
 DPI = 110
 FAILED_COLOR = "0.62"
-
-
-def _is_numeric(values: pd.Series) -> bool:
-    present = values.dropna()
-    return len(present) > 0 and all(
-        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-        for v in present
-    )
 
 
 def _colors(mode: str) -> Any:
@@ -102,11 +101,6 @@ def _best_index(values: pd.Series, mode: str) -> Any:
     return present.idxmax() if mode == "max" else present.idxmin()
 
 
-def _log_scale(values: pd.Series) -> bool:
-    present = pd.to_numeric(values, errors="coerce").dropna()
-    return bool(len(present) > 1 and (present > 0).all() and present.max() / present.min() >= 20)
-
-
 def _second_axis(rows: pd.DataFrame) -> str | None:
     """The loss parameter drawn against lambda: the first of SECOND_AXES that varies in ``rows``."""
     candidates = [config_column(f"loss.{name}") for name in SECOND_AXES]
@@ -117,7 +111,7 @@ def _second_axis(rows: pd.DataFrame) -> str | None:
         if column == LAMBDA or column not in rows.columns:
             continue
         values = rows[column].dropna()
-        if _is_numeric(values) and values.nunique() > 1:
+        if is_numeric(values) and values.nunique() > 1:
             return column
     return None
 
@@ -166,7 +160,7 @@ def draw_balance_landscape(results: Results) -> Figure | str:
         c_column = _second_axis(sub)
         if c_column is not None:
             c = pd.to_numeric(sub[c_column], errors="coerce").astype(float)
-            norm = LogNorm(c.min(), c.max()) if _log_scale(c) else _norm(c)
+            norm = LogNorm(c.min(), c.max()) if log_scaled(c) else _norm(c)
             points = ax.scatter(
                 x[ok], value[ok], c=c[ok], cmap="plasma", norm=norm, s=46, edgecolors="black", linewidths=0.4
             )
@@ -291,9 +285,9 @@ def _axis_positions(values: pd.Series) -> tuple[np.ndarray, list[float], list[st
     positions = np.full(len(values), NA_POSITION)
     ticks: list[float] = []
     labels: list[str] = []
-    if _is_numeric(values):
+    if is_numeric(values):
         numbers = pd.to_numeric(values, errors="coerce").astype(float)
-        log = _log_scale(numbers)
+        log = log_scaled(numbers)
         scaled = np.log10(numbers) if log else numbers
         low, high = float(scaled.min()), float(scaled.max())
         span = high - low
@@ -474,126 +468,10 @@ def draw_learning_curves(results: Results, top: int = LEARNING_CURVES) -> Figure
     return figure
 
 
-def _distributions(results: Results, rows: pd.DataFrame) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """``(params, distributions)`` of each row, by the space's domain names (``key@i`` for a
-    variant): from the space file when it loads, else from the values in the table."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    try:
-        from tuneddml.searchers.space import load_space
-
-        space = load_space(most_common(rows, "space") or "", validate=lambda flat: None)
-    except Exception:  # a space file that moved or changed: infer from the table
-        space = None
-    out = []
-    if space is not None:
-        made = {}
-        for d in space.domains:
-            if d.kind == "choice":
-                made[d.name] = CategoricalDistribution(list(d.choices))
-            elif d.kind == "int":
-                made[d.name] = IntDistribution(int(d.low), int(d.high), log=d.log)
-            else:
-                made[d.name] = FloatDistribution(d.low, d.high, log=d.log)
-        domains = {d.name: d for d in space.domains}
-        for _, row in rows.iterrows():
-            config = {k: v for k, v in _config(row).items() if k in space.parameters}
-            named = space.names_of(config)
-            params = {n: _as_domain_value(domains[n], v) for n, v in named.items()}
-            out.append((params, {n: made[n] for n in params}))
-        return out
-    inferred = {}
-    for column in varied_params(rows):
-        values = rows[column].dropna()
-        if _is_numeric(values):
-            numbers = values.astype(float)
-            inferred[column] = FloatDistribution(
-                float(numbers.min()), float(numbers.max()), log=_log_scale(numbers)
-            )
-        else:
-            inferred[column] = CategoricalDistribution(sorted({str(v) for v in values}))
-    for _, row in rows.iterrows():
-        params = {
-            c.removeprefix(CONFIG): (float(row[c]) if isinstance(d, FloatDistribution) else str(row[c]))
-            for c, d in inferred.items()
-            if not (row[c] is None or (isinstance(row[c], float) and math.isnan(row[c])))
-        }
-        out.append(
-            (
-                params,
-                {c.removeprefix(CONFIG): inferred[c] for c in inferred if c.removeprefix(CONFIG) in params},
-            )
-        )
-    return out
-
-
-def _as_domain_value(domain: Any, value: Any) -> Any:
-    """A table value as the domain's own type (Parquet gives numpy numbers, a choice may be a string)."""
-    if domain.kind == "choice":
-        return next((c for c in domain.choices if c == value or str(c) == str(value)), value)
-    return int(value) if domain.kind == "int" else float(value)
-
-
-def param_importance(results: Results) -> tuple[dict[str, float], str] | str:
-    """Optuna's PED-ANOVA importance of each searched parameter for reaching the search's top
-    trials (Conditional PED-ANOVA: a parameter that only some trials have counts in their regime),
-    over the trials with a result, in an in-memory study built from the results table; with the
-    trials it took. A reason (str) where it cannot say anything."""
-    import warnings
-
-    import optuna
-    from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
-
-    frame, metric, mode = results.frame, results.metric, results.mode
-    space = most_common(frame, "space")
-    rows = (
-        frame[frame["space"].astype(str) == space]
-        if space is not None and "space" in frame.columns
-        else frame
-    )
-    score = scores(rows, metric)
-    rows = rows[score.notna()]
-    if len(rows) < MIN_IMPORTANCE_TRIALS:
-        return f"parameter importance: needs {MIN_IMPORTANCE_TRIALS} trials with a result, has {len(rows)}"
-    trials = []
-    for (params, distributions), value in zip(_distributions(results, rows), score[rows.index]):
-        try:
-            trials.append(
-                optuna.trial.create_trial(params=params, distributions=distributions, value=float(value))
-            )
-        except ValueError:  # a value outside the space (the file changed since): left out
-            continue
-    values: dict[str, set[str]] = {}
-    for t in trials:
-        for n, v in t.params.items():
-            values.setdefault(n, set()).add(repr(v))
-    varied = sorted(n for n, seen in values.items() if len(seen) > 1)
-    if not varied:
-        return "parameter importance: no parameter varied"
-    quantile = min(0.5, max(0.1, IMPORTANCE_TOP / len(trials)))
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
-        study.add_trials(trials)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            importance = get_param_importances(
-                study,
-                evaluator=PedAnovaImportanceEvaluator(target_quantile=quantile),
-                params=varied,
-                target=(lambda t: -t.value) if mode == "max" else (lambda t: t.value),  # lower is better
-            )
-    finally:
-        optuna.logging.set_verbosity(verbosity)
-    if not any(v > 0 for v in importance.values()):
-        return "parameter importance: PED-ANOVA found no parameter that separates the best trials"
-    top = max(1, math.ceil(quantile * len(trials)))
-    return importance, f"top {top} of {len(trials)} trials with a result"
-
-
 def draw_param_importance(results: Results) -> Figure | str:
     """:func:`param_importance` as horizontal bars, most important on top."""
+    from tuneddml.searchers.importance import param_importance
+
     found = param_importance(results)
     if isinstance(found, str):
         return found

@@ -1,3 +1,4 @@
+# Long file: the report command: its ranking tables, the figures' folder, the MLflow targets and the checks made before anything is written, all over one Results; split, each part would re-read it.
 """Report on finished searches: ``python -m tuneddml.report [RESULTS ...] [options]``.
 
 Reads the results tables the search driver writes (``<storage>/<search>/results.parquet``, one row

@@ -255,3 +255,19 @@ def varied_params(frame: pd.DataFrame) -> list[str]:
             varied.append(column)
     varied.sort(key=lambda c: (c != f"{CONFIG}loss", not c.startswith(f"{CONFIG}loss."), c))
     return varied
+
+
+def is_numeric(values: pd.Series) -> bool:
+    """Whether a column's present values are all numbers (booleans are not)."""
+    present = values.dropna()
+    return len(present) > 0 and all(
+        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+        for v in present
+    )
+
+
+def log_scaled(values: pd.Series) -> bool:
+    """Whether a column's values are positive and span a factor of 20 or more: drawn and
+    searched on a log scale."""
+    present = pd.to_numeric(values, errors="coerce").dropna()
+    return bool(len(present) > 1 and (present > 0).all() and present.max() / present.min() >= 20)
