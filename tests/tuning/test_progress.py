@@ -119,3 +119,31 @@ def test_eta_counts_short_early_stopped_trials_and_what_is_left_of_the_running_o
     clock.now = 10
     # cost 2.5 s a trial: 1.5 s left of the running one, then one more
     assert p.eta() == pytest.approx(4.0)
+
+
+def test_eta_measures_parallelism_after_the_first_wave():
+    """Two cold trials run together, then the searcher runs one at a time: the parallelism is
+    read after the first wave (1), not over the whole search (which the wave pulls towards 2)."""
+    clock = Clock()
+    p, _ = progress(clock, num_samples=6, concurrency=2)
+    for i in (1, 2):
+        clock.now = 0
+        p.on_trial_start(0, [], Trial(i, {"loss": "supcon"}))
+    for i in (1, 2):
+        trial = Trial(i, {"loss": "supcon"}, last=record(4, 0.2))
+        clock.now = 10
+        p.on_trial_complete(0, [], trial)
+    run(p, clock, Trial(3, {"loss": "supcon"}), 10, 12, [record(4, 0.2)])
+    assert p.eta() == pytest.approx(3 * 2.0)
+
+
+def test_a_running_trial_that_reported_epochs_is_timed_at_its_own_pace():
+    clock = Clock()
+    p, _ = progress(clock, num_samples=2, concurrency=2)
+    run(p, clock, Trial(1, {"loss": "supcon"}), 0, 2, [record(1, 0.2)])  # short: stopped early
+    long = Trial(2, {"loss": "supcon"})
+    clock.now = 0
+    p.on_trial_start(0, [], long)
+    p.on_trial_result(0, [], long, record(1, 0.2, seconds=3.0))
+    clock.now = 3
+    assert p.eta() == pytest.approx(3 * 3.0)  # 3 of its 4 epochs left, 3 s each

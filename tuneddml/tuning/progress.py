@@ -13,6 +13,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -59,6 +60,27 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
+@dataclass
+class _Run:
+    """One trial's run in this session, as the time-left estimate needs it."""
+
+    start: float
+    cold: bool  # started before any trial had ended: it pays the start-up
+    epochs: int  # the epochs it is configured for
+    epochs_done: int = 0
+    epoch_seconds: float = 0.0  # its reported epochs' train and eval seconds
+    end: float | None = None
+
+    def seconds(self, now: float) -> float:
+        return (self.end if self.end is not None else now) - self.start
+
+    def left(self, now: float, expected: float) -> float:
+        """Seconds it still needs: its epochs left at its own pace, else ``expected`` less its age."""
+        if self.epochs_done > 0 and self.epoch_seconds > 0:
+            return max(0.0, self.epochs - self.epochs_done) * self.epoch_seconds / self.epochs_done
+        return max(0.0, expected - self.seconds(now))
+
+
 class SearchProgress(Callback):
     """Prints one line when a trial ends, and a heartbeat at most every ``every`` seconds (and
     after each trial's line). ``scheduler`` names what stops trials early; ``epochs``: a trial's
@@ -97,11 +119,9 @@ class SearchProgress(Callback):
         self.best_label = ""
         self.done = 0
         self.failed = 0
-        self.started: dict[str, tuple[float, bool]] = {}  # running trial -> (start, cold)
-        self.durations: list[tuple[float, bool, float]] = []  # ended trials: (seconds, cold, epoch seconds)
-        self.epoch_seconds: dict[str, float] = {}  # running trial -> its epochs' train and eval seconds
-        self.busy = 0.0  # trial-seconds of the ended trials
-        self.first_start: float | None = None
+        self.started: dict[str, _Run] = {}  # the running trials
+        self.ended: list[_Run] = []  # the trials that ended in this session
+        self.first_end: float | None = None
         self.events = events  # the searcher's own decisions, printed as they happen
         self.events_shown = 0
         self.searched = tuple(searched)  # the settings the searcher varies, in each trial's label
@@ -154,32 +174,33 @@ class SearchProgress(Callback):
             self.best, self.best_label = float(value), self.label(trial)
 
     def eta(self) -> float | None:
-        """Seconds until the last trial ends, None before one has ended: the trials not yet
-        started and what is left of the running ones, at the measured cost of a trial, spread over
-        the measured parallelism.
+        """Seconds until the last trial ends, None before one has ended: what is left of the
+        running trials and the trials not yet started, spread over the parallelism reached.
 
-        - cost: the mean time of the trials that started after a first one had ended (their Ray
-          worker and dataset were warm); before one has, the mean of the ended trials' epoch
-          seconds (``time/train_s`` + ``time/eval_s``), without the start-up the first wave paid;
-          the short trials a scheduler stopped early count as they come;
-        - parallelism: trial-seconds per second since the first trial started, between 1 and
-          ``concurrency`` (a searcher that waits for a batch runs fewer at once than the limit)."""
-        if not self.durations:
+        - a trial not yet started costs the mean time of the trials that started after a first one
+          had ended (their Ray worker and dataset were warm; short trials a scheduler stopped early
+          count as they come); before one has, the mean epoch seconds (``time/train_s`` +
+          ``time/eval_s``) of the ended ones, without the start-up the first wave paid;
+        - a running trial that reported epochs: its epochs left at its own seconds per epoch;
+          one that reported none: the mean time of its kind (first wave or warm) less its age;
+        - parallelism: trial-seconds per second since the first trial ended (once a warm trial
+          has ended; before, since the first started), between 1 and ``concurrency``: a searcher
+          that waits for results runs fewer at once than the limit."""
+        if not self.ended:
             return None
         now = self.clock()
-        warm = [d for d, cold, _ in self.durations if not cold]
-        cold = [d for d, was_cold, _ in self.durations if was_cold]
-        epochs = [e for _, was_cold, e in self.durations if was_cold and e > 0]
-        cost = _mean(warm) if warm else _mean(epochs) if len(epochs) == len(cold) else _mean(cold)
+        warm = [r.seconds(now) for r in self.ended if not r.cold]
+        cold = [r.seconds(now) for r in self.ended if r.cold]
+        spent = [r.epoch_seconds for r in self.ended if r.cold and r.epoch_seconds > 0]
+        cost = _mean(warm) if warm else _mean(spent) if len(spent) == len(cold) else _mean(cold)
         cold_cost = _mean(cold) if cold else cost
-        running = [now - start for start, _ in self.started.values()]
-        running_left = [
-            max(0.0, (cold_cost if was_cold else cost) - (now - start)) for start, was_cold in self.started.values()
-        ]
+        running_left = [run.left(now, cold_cost if run.cold else cost) for run in self.started.values()]
         waiting = max(0, self.num_samples - self.done - self.failed - len(self.started))
-        wall = now - (self.first_start if self.first_start is not None else now)
-        parallel = (self.busy + sum(running)) / wall if wall > 0 else self.concurrency
-        parallel = min(float(self.concurrency), max(1.0, parallel))
+        runs = [*self.ended, *self.started.values()]
+        since = self.first_end if warm and self.first_end is not None else min(r.start for r in runs)
+        wall = now - since
+        busy = sum(max(0.0, min(r.end if r.end is not None else now, now) - max(r.start, since)) for r in runs)
+        parallel = min(float(self.concurrency), max(1.0, busy / wall if wall > 0 else self.concurrency))
         return max(max(running_left, default=0.0), (sum(running_left) + waiting * cost) / parallel)
 
     def line(self) -> str:
@@ -193,23 +214,28 @@ class SearchProgress(Callback):
             f"({self.failed} failed), {len(self.started)} running | best {best}{shown}"
         )
 
+    def _epochs(self, trial: Any) -> int:
+        return int((trial.config or {}).get("epochs", self.epochs))
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        now = self.clock()
-        if self.first_start is None:
-            self.first_start = now
-        self.started[trial.trial_id] = (now, not self.durations)  # cold: no trial had ended yet
+        # cold: no trial had ended yet, so its worker and dataset start from nothing
+        self.started[trial.trial_id] = _Run(self.clock(), not self.ended, self._epochs(trial))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self._offer(trial, result)
-        spent = sum(v for k, v in result.items() if k in (TRAIN_SECONDS, EVAL_SECONDS) and isinstance(v, (int, float)))
-        self.epoch_seconds[trial.trial_id] = self.epoch_seconds.get(trial.trial_id, 0.0) + spent
+        run = self.started.get(trial.trial_id)
+        if run is not None:
+            run.epochs_done = int(result.get("epoch", run.epochs_done + 1) or 0)
+            run.epoch_seconds += sum(
+                v for k, v in result.items() if k in (TRAIN_SECONDS, EVAL_SECONDS) and isinstance(v, (int, float))
+            )
 
     def outcome(self, trial: Any, errored: bool) -> str:
         """How the trial ended, in words: ``finished after 2 epochs: map_at_r=0.2561``,
         ``stopped early at epoch 1 by asha: ...``, ``diverged at epoch 1 ...: total=inf``,
         ``failed: ConfigError: ...``."""
         last = trial.last_result or {}
-        epochs = int((trial.config or {}).get("epochs", self.epochs))
+        epochs = self._epochs(trial)
         status = trial_status(last, epochs, errored)
         epoch = int(last.get("epoch", 0) or 0)
         value = last.get(self.metric)
@@ -226,9 +252,11 @@ class SearchProgress(Callback):
     def _ended(self, trial: Any, errored: bool) -> None:
         now = self.clock()
         if trial.trial_id in self.started:
-            start, cold = self.started.pop(trial.trial_id)
-            self.durations.append((now - start, cold, self.epoch_seconds.pop(trial.trial_id, 0.0)))
-            self.busy += now - start
+            run = self.started.pop(trial.trial_id)
+            run.end = now
+            self.ended.append(run)
+            if self.first_end is None:
+                self.first_end = now
         text = self.outcome(trial, errored)
         if text.startswith("failed"):
             self.failed += 1
