@@ -1,19 +1,28 @@
-"""List what a trial or a search space can name: ``python -m tuneddml.catalog [--json]``.
+"""List what a trial or a search space can name: ``python -m tuneddml.catalog [KIND] [--json]``.
 
 Everything here falls out of the registries: the trial settings, every component with its
 parameters (and, for a loss, its family, balance and search ranges), the metrics a trial reports,
-the searchers and the schedulers.
+the searchers, the schedulers and the shipped search spaces. ``KIND`` narrows it to one of them
+(``python -m tuneddml.catalog losses``).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import sys
+import textwrap
 from collections.abc import Sequence
-from typing import Any
+from typing import IO, Any
 
+from tuneddml.cli import EXIT_BAD_INPUT, describe, first_paragraph, first_sentence, plain
 from tuneddml.config import _TOP_SPECS, component_registries
 from tuneddml.registry import Entry, ParamSpec, Registry
+
+WIDTH = 100  # the printed catalog's lines are wrapped at this many characters
+TRIAL = "trial"
+SPACES = "spaces"
 
 
 def balance_text(prefix: str, name: str) -> str | None:
@@ -32,6 +41,16 @@ def balance_text(prefix: str, name: str) -> str | None:
     )
 
 
+def summary(entry: Entry[Any]) -> str:
+    """An entry's summary, whole and plain: the first sentence of its docstring (which the
+    registry's one-line summary may cut mid-way), or the summary it was registered with."""
+    doc = inspect.getdoc(entry.factory) or ""
+    lines = doc.strip().splitlines()
+    if lines and entry.summary == lines[0]:
+        return first_sentence(first_paragraph(doc))
+    return plain(entry.summary)
+
+
 def _spec(p: ParamSpec) -> dict[str, Any]:
     return {
         "default": p.default,
@@ -42,7 +61,7 @@ def _spec(p: ParamSpec) -> dict[str, Any]:
 
 
 def _entry(prefix: str, entry: Entry[Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"summary": entry.summary}
+    out: dict[str, Any] = {"summary": summary(entry)}
     if prefix == "loss":
         out["family"] = entry.factory.family  # type: ignore[attr-defined]
     if b := balance_text(prefix, entry.name):
@@ -66,43 +85,87 @@ def other_registries() -> dict[str, Registry[Any]]:
     return {"metric": METRICS, "searcher": SEARCHERS, "scheduler": SCHEDULERS}
 
 
-def catalog() -> dict[str, object]:
-    from tuneddml.evaluation import metric_keys
+def kinds() -> list[str]:
+    """What the catalog can be narrowed to: ``trial``, each registry's kind, ``spaces``."""
+    return [TRIAL, *component_registries(), *other_registries(), SPACES]
 
-    out: dict[str, object] = {"trial": {s.name: _spec(s) for s in _TOP_SPECS}}
-    for prefix, registry in component_registries().items():
-        out[prefix] = {name: _entry(prefix, registry.get(name)) for name in registry.names()}
-    for kind, registry in other_registries().items():
-        out[kind] = {name: _entry(kind, registry.get(name)) for name in registry.names()}
-    out["metric_keys"] = metric_keys()
+
+def kind_of(word: str) -> str:
+    """``losses`` or ``loss`` -> ``loss``; a word that names no kind exits 2, naming the kinds."""
+    for kind in kinds():
+        if word in (kind, f"{kind}s", f"{kind}es", kind.removesuffix("s")):
+            return kind
+    from tuneddml.cli import fail
+
+    fail(f"KIND: bad value {word!r} (expected one of {', '.join(kinds())}; a plural works too)", EXIT_BAD_INPUT)
+
+
+def spaces() -> dict[str, dict[str, Any]]:
+    """The shipped search spaces: what each says it is, its searcher, budget and searched keys."""
+    from tuneddml.searchers.space_file import find_space, list_spaces, read_space
+
+    out: dict[str, dict[str, Any]] = {}
+    for name in list_spaces():
+        data = read_space(find_space(name))
+        out[name] = {
+            "description": data.get("description", ""),
+            "searcher": data.get("searcher"),
+            "scheduler": data.get("scheduler"),
+            "num_samples": data.get("num_samples"),
+            "metric": data.get("metric"),
+            "parameters": list(data.get("parameters", {})),
+        }
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tuneddml.catalog", description=__doc__.split("\n")[0])
-    parser.add_argument("--json", action="store_true", help="print the catalog as JSON")
-    args = parser.parse_args(argv)
-    if args.json:
-        print(json.dumps(catalog(), indent=2, default=str))
-        return 0
-    print("trial settings (KEY=VALUE):")
+def catalog(only: str | None = None) -> dict[str, object]:
+    """The catalog as data; ``only``: one kind of :func:`kinds` (``metric`` brings ``metric_keys``)."""
+    from tuneddml.evaluation import metric_keys
+
+    out: dict[str, object] = {}
+    if only in (None, TRIAL):
+        out[TRIAL] = {s.name: _spec(s) for s in _TOP_SPECS}
+    registries = {**component_registries(), **other_registries()}
+    for kind, registry in registries.items():
+        if only in (None, kind):
+            out[kind] = {name: _entry(kind, registry.get(name)) for name in registry.names()}
+    if only in (None, "metric"):
+        out["metric_keys"] = metric_keys()
+    if only in (None, SPACES):
+        out[SPACES] = spaces()
+    return out
+
+
+def _say(out: IO[str], text: str, indent: str, more: str | None = None) -> None:
+    """``text`` wrapped at :data:`WIDTH`, its first line after ``indent``, the next after ``more``."""
+    lines = textwrap.wrap(text, WIDTH, initial_indent=indent, subsequent_indent=more or indent + "  ")
+    print("\n".join(lines), file=out)
+
+
+def _print_trial(out: IO[str]) -> None:
+    print("trial settings (KEY=VALUE):", file=out)
     for spec in _TOP_SPECS:
-        print(f"  {spec.describe()}")
-    for prefix, registry in component_registries().items():
-        print(f"\n{prefix} (choose with {prefix}=NAME, parameters as {prefix}.PARAM=VALUE):")
-        for name in registry.names():
-            entry = registry.get(name)
-            print(f"  {name}: {entry.summary}")
-            if prefix == "loss":
-                print(f"      family: {entry.factory.family}")  # type: ignore[attr-defined]
-            balance = balance_text(prefix, name)
-            if balance:
-                print(f"      balance: {balance}")
-            for p in entry.params:
-                print(f"      {p.describe()}")
-            if prefix == "dataset":
-                for p in entry.runtime_params:
-                    print(f"      {p.describe()} (the trial's {'data_root' if p.name == 'root' else p.name})")
+        print(f"  {spec.describe()}", file=out)
+
+
+def _print_components(prefix: str, registry: Registry[Any], out: IO[str]) -> None:
+    print(f"{prefix} (choose with {prefix}=NAME, parameters as {prefix}.PARAM=VALUE):", file=out)
+    for name in registry.names():
+        entry = registry.get(name)
+        _say(out, f"{name}: {summary(entry)}", "  ")
+        if prefix == "loss":
+            print(f"      family: {entry.factory.family}", file=out)  # type: ignore[attr-defined]
+        balance = balance_text(prefix, name)
+        if balance:
+            _say(out, f"balance: {balance}", "      ", "          ")
+        for p in entry.params:
+            print(f"      {p.describe()}", file=out)
+        if prefix == "dataset":
+            for p in entry.runtime_params:
+                print(f"      {p.describe()} (the trial's {'data_root' if p.name == 'root' else p.name})", file=out)
+
+
+def _print_others(kind: str, registry: Registry[Any], out: IO[str]) -> None:
     from tuneddml.evaluation import metric_keys
 
     titles = {
@@ -110,12 +173,60 @@ def main(argv: Sequence[str] | None = None) -> int:
         "searcher": "searchers (a space's searcher, or --searcher NAME)",
         "scheduler": "schedulers (a space's scheduler, or --scheduler NAME)",
     }
+    print(f"{titles[kind]}:", file=out)
+    for name in registry.names():
+        entry = registry.get(name)
+        needs = f" (needs {', '.join(entry.requires)})" if entry.requires else ""
+        _say(out, f"{name}: {summary(entry)}{needs}", "  ")
+
+
+def _print_spaces(out: IO[str]) -> None:
+    print("spaces (python -m tuneddml.search --space=NAME):", file=out)
+    for name, space in spaces().items():
+        about = f"{space['description']}. " if space["description"] else ""
+        _say(
+            out,
+            f"{name}: {about}{space['searcher']} searcher, {space['scheduler']} scheduler, "
+            f"{space['num_samples']} trials; varies {', '.join(space['parameters'])}",
+            "  ",
+        )
+
+
+def print_catalog(only: str | None, out: IO[str]) -> None:
+    """The catalog for a person; ``only``: one kind of :func:`kinds`."""
+    sections = []
+    if only in (None, TRIAL):
+        sections.append(lambda: _print_trial(out))
+    for prefix, registry in component_registries().items():
+        if only in (None, prefix):
+            sections.append(lambda p=prefix, r=registry: _print_components(p, r, out))
     for kind, registry in other_registries().items():
-        print(f"\n{titles[kind]}:")
-        for name in registry.names():
-            entry = registry.get(name)
-            needs = f" (needs {', '.join(entry.requires)})" if entry.requires else ""
-            print(f"  {name}: {entry.summary}{needs}")
+        if only in (None, kind):
+            sections.append(lambda k=kind, r=registry: _print_others(k, r, out))
+    if only in (None, SPACES):
+        sections.append(lambda: _print_spaces(out))
+    for i, section in enumerate(sections):
+        if i:
+            print(file=out)
+        section()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tuneddml.catalog", description=describe(__doc__))
+    parser.add_argument(
+        "kind", nargs="?", metavar="KIND", help=f"show only this kind: {', '.join(kinds())} (a plural works too)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the catalog as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    only = kind_of(args.kind) if args.kind else None
+    if args.json:
+        print(json.dumps(catalog(only), indent=2, default=str))
+    else:
+        print_catalog(only, sys.stdout)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -118,3 +119,40 @@ def format_values(values: dict[str, Any], keys: Sequence[str] | None = None, dig
     return " ".join(
         f"{k}={values[k]:.{digits}g}" if isinstance(values[k], float) else f"{k}={values[k]}" for k in keys
     )
+
+
+_ROLE = re.compile(r":[a-z]+:`(~?)([^`<]*?)\s*(?:<[^>]*>)?`")  # :class:`~a.B`, :func:`text <target>`
+_ABBREVIATIONS = ("e.g.", "i.e.", "al.", "vs.", "cf.", "approx.")
+
+
+def plain(text: str) -> str:
+    """Docstring text as a person reads it: reST roles unwrapped (``:class:`~a.B``` -> ``B``),
+    literals in single quotes (````code```` -> ``'code'``), line breaks and runs of spaces as one."""
+
+    def role(match: re.Match[str]) -> str:
+        target = match.group(2)
+        return target.rsplit(".", 1)[-1] if match.group(1) else target
+
+    text = _ROLE.sub(role, text)
+    text = re.sub(r"``(.+?)``", r"'\1'", text, flags=re.S)
+    return " ".join(text.split())
+
+
+def first_paragraph(doc: str | None) -> str:
+    """A docstring's first paragraph, plain (see :func:`plain`)."""
+    return plain((doc or "").strip().split("\n\n", 1)[0])
+
+
+def first_sentence(text: str) -> str:
+    """The first whole sentence of plain ``text``: up to the first full stop followed by a capital
+    (``e.g.``, ``et al.`` and the like are not ends); all of ``text`` if it has one sentence."""
+    for match in re.finditer(r"[.!?](?=\s+[A-Z(\"'])", text):
+        word = text[: match.end()].rsplit(None, 1)[-1]
+        if word.lower() not in _ABBREVIATIONS:
+            return text[: match.end()]
+    return text
+
+
+def describe(doc: str | None) -> str:
+    """A command-line tool's ``description`` from its module docstring: the first paragraph, plain."""
+    return first_paragraph(doc)

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import IO, Any
 
-from tuneddml.cli import format_duration, format_values, guarded, parse_overrides
+from tuneddml.cli import describe, format_duration, format_values, guarded, parse_overrides
 from tuneddml.results import RUNS_FOLDER
 
 
@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     from tuneddml.searchers.schedulers import SCHEDULERS
     from tuneddml.searchers.space import list_spaces
 
-    p = argparse.ArgumentParser(prog="python -m tuneddml.search", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tuneddml.search", description=describe(__doc__))
     p.add_argument(
         "--space", required=True, help=f"a shipped space ({', '.join(list_spaces())}) or a path to a YAML file"
     )
@@ -46,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, help="seed of the searcher, in [0, 2**32) (default: 0)")
     p.add_argument("--json", action="store_true", help="end with one JSON line summarising the search")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ray's own output too: its logs, the trials' output and each failed trial's traceback",
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="trial settings to fix, e.g. epochs=2")
     return p
 
@@ -92,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     checked = time.monotonic() - checked
     out = sys.stderr if args.json else sys.stdout
-    summary = run_search(request, stream=out)
+    summary = run_search(request, stream=out, verbose=args.verbose)
     summary.phases = {"checks": checked, **summary.phases}
     print_summary(summary, request.space.parameters, out)
     if args.json:

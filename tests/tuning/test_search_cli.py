@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import re
 
 import pytest
 
@@ -91,3 +93,94 @@ def test_validating_a_request_imports_neither_ray_nor_mlflow(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+# quick's data, with a searched choice one of its 3 grid points cannot run: the 'mlp' backbone
+# refuses image data when the trial builds its model (after every up-front check: they build none)
+ONE_FAILS = """description: glyphs-tiny, three backbones, of which 'mlp' fails
+metric: map_at_r
+mode: max
+searcher: grid
+num_samples: 3
+scheduler: fifo
+fixed: {dataset: glyphs-tiny, split: val, epochs: 2}
+parameters:
+  backbone: {choice: [small_cnn, mlp]}
+  backbone.width: {choice: [8, 16], when: {backbone: small_cnn}}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_search_with_a_failing_trial_says_why_in_a_few_lines(tmp_path):
+    """The whole console (stdout and stderr) of a real 3-trial search, one of whose trials fails:
+    under 40 lines, the failed trial's label and reason on one line, no Ray traceback, each trial
+    saying what it was and how it ended, the steps after the trials named as they begin."""
+    import shutil
+    import subprocess
+
+    from tests.tuning.procs import child_env, search_command, short_tmp
+
+    space = tmp_path / "one_fails.yaml"
+    space.write_text(ONE_FAILS)
+    ray_tmp = short_tmp("rc")
+    try:
+        proc = subprocess.run(
+            search_command(f"--space={space}", "--num-samples", "3", "epochs=2", "steps_per_epoch=3"),
+            cwd=tmp_path,
+            env=child_env(ray_tmp),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=420,
+        )
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    console = proc.stdout
+    lines = console.splitlines()
+    assert proc.returncode == 0, console[-3000:]
+    assert len(lines) < 40, console
+    assert "Traceback" not in console and "RayTaskError" not in console, console
+    failed = [line for line in lines if " failed: " in line]
+    assert len(failed) == 1 and re.fullmatch(
+        r"t0[1-3] backbone=mlp failed: ConfigError: backbone: bad value 'mlp' "
+        r"\(expected 'mlp' for vector data; an image backbone such as small_cnn\)",
+        failed[0],
+    ), console
+    finished = [line for line in lines if re.fullmatch(r"t0[1-3] backbone=small_cnn width=(8|16) finished after 2 epochs: map_at_r=0\.\d{4}", line)]
+    assert len(finished) == 2, console
+    best = r"best map_at_r=0\.\d{4} \(t0[1-3] backbone=small_cnn width=(8|16)\)"
+    assert re.search(r"trials 3/3 done \(1 failed\), 0 running \| " + best, console), console
+    steps = ["writing the results table ...", "drawing the report ...", "sending the search's end to MLflow ..."]
+    assert [line for line in lines if line in steps] == steps, console
+
+
+def test_verbose_gives_ray_its_own_output_back(tmp_path, monkeypatch):
+    """``--verbose``: Ray's logs and the trials' output reach the driver; by default neither."""
+    import ray
+
+    import tuneddml.tuning.driver as driver
+    from tuneddml.tuning.request import prepare_search
+
+    class Started(Exception):
+        pass
+
+    seen: list[dict] = []
+
+    def init(**kwargs):
+        seen.append(kwargs)
+        raise Started
+
+    def no_parent_run(request):
+        raise RuntimeError("not needed here")
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(driver, "_start_parent_run", no_parent_run)
+    monkeypatch.chdir(tmp_path)
+    for verbose in (False, True):
+        request = prepare_search(space="quick", storage=str(tmp_path / "runs"), name=f"v{verbose}")
+        with pytest.raises(Started):
+            driver.run_search(request, stream=io.StringIO(), verbose=verbose)
+    quiet, loud = seen
+    assert (quiet["log_to_driver"], quiet["logging_level"]) == (False, "ERROR")
+    assert (loud["log_to_driver"], loud["logging_level"]) == (True, "INFO")

@@ -166,7 +166,7 @@ def test_resume_after_the_driver_is_killed_is_exact(tmp_path):
     proc = start(search_command(*args), tmp_path, env | {"TUNE_GLOBAL_CHECKPOINT_S": "600"}, log)
     orphans = []
     try:
-        wait_for(lambda: re.search(r"trial \w+ ended after 3 epochs", log.read_text()), 300, "a trial's end", 0.05)
+        wait_for(lambda: re.search(r"finished after 3 epochs", log.read_text()), 300, "a trial's end", 0.05)
         orphans = kill_tree_hard(proc)
     finally:
         for orphan in orphans:

@@ -120,8 +120,8 @@ def test_a_trials_own_message_reaches_the_console_mlflow_and_the_table(local_sea
     assert diverged["error"].startswith("diverged at epoch 1 (step 2): total=inf")
     assert [r["error"] for r in table.values() if r["status"] == "finished"] == [None]
     # one line per failed trial, with what varied, and no Ray traceback on the console
-    assert f"trial {failed['trial_id']} (loss=supcon loss.lambda=0.5) failed: ConfigError: {BAD}" in console
-    assert f"trial {diverged['trial_id']} (loss=contrastive" in console and "diverged: diverged at epoch 1" in console
+    assert f"t{failed['order'] + 1:02d} supcon lambda=0.50 failed: ConfigError: {BAD}" in console
+    assert f"t{diverged['order'] + 1:02d} contrastive lambda=" in console and " diverged at epoch 1 (step 2)" in console
     assert "Traceback" not in console + err and "RayTaskError" not in err, err[-3000:]
     client = MlflowClient(summary.tracking_uri)
     runs = {r.data.tags["tuneddml.trial_id"]: r for r in client.search_runs(

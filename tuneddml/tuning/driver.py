@@ -85,25 +85,44 @@ class SearchSummary:
         }
 
 
-class _Clock:
-    """Seconds per phase of the driver, in the order they ran (``SearchSummary.phases``)."""
+# what the driver does after each phase of its clock, said as it begins (the time after the trials)
+_STEP_AFTER = {
+    "trials": "writing the results table",
+    "results": "drawing the report",
+    "report": "saving the best trials' weights",
+    "weights": "sending the search's end to MLflow",
+}
 
-    def __init__(self) -> None:
+
+class _Clock:
+    """Seconds per phase of the driver, in the order they ran (``SearchSummary.phases``).
+
+    Given a ``stream``, it says on it what the driver does after the trials, as each step begins
+    (``writing the results table ...``: :data:`_STEP_AFTER`)."""
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
         self.phases: dict[str, float] = {}
         self._last = time.monotonic()
+        self.stream = stream
+        self._said: set[str] = set()
 
     def lap(self, name: str) -> None:
         now = time.monotonic()
         self.phases[name] = self.phases.get(name, 0.0) + now - self._last
         self._last = now
+        step = _STEP_AFTER.get(name)
+        if self.stream is not None and step and step not in self._said:
+            self._said.add(step)
+            print(f"{step} ...", file=self.stream, flush=True)
 
 
-def run_search(request: SearchRequest, *, stream: IO[str] | None = None) -> SearchSummary:
+def run_search(request: SearchRequest, *, stream: IO[str] | None = None, verbose: bool = False) -> SearchSummary:
     """Run (or resume) the search on Ray Tune and return its summary.
 
     Ray starts first; the parent run and ``search.json`` are made only once it has, and are
     removed again if the search fails before its first trial could start (so the name can be
-    used again)."""
+    used again). ``verbose``: Ray's own output too (its logs, the trials' stdout and stderr, each
+    failed trial's traceback); by default only the project's progress lines."""
     import ray
     from ray import tune
 
@@ -113,24 +132,24 @@ def run_search(request: SearchRequest, *, stream: IO[str] | None = None) -> Sear
     from tuneddml.tuning.epoch_log import EpochLog
     from tuneddml.tuning.mlflow_callback import MlflowCallback, TrialLedger
     from tuneddml.tuning.outcome import result_rows
-    from tuneddml.tuning.progress import SearchProgress
+    from tuneddml.tuning.progress import DEFAULT_EPOCHS, SearchProgress
     from tuneddml.tuning.trainable import train_trial
 
     _quiet_mlflow()
     out = stream or sys.stdout
     space = request.space
     started = time.monotonic()
-    clock = _Clock()
+    clock = _Clock(out)
     meta_file = request.folder / SEARCH_FILE
 
     # snapshot the experiment (trials, searcher state) every second, so that a driver killed
     # mid-search loses as little as possible on --resume
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     init_kwargs: dict[str, Any] = {
-        "log_to_driver": False,
+        "log_to_driver": verbose,
         "include_dashboard": False,
         "configure_logging": True,
-        "logging_level": "ERROR",
+        "logging_level": "INFO" if verbose else "ERROR",
     }
     if request.address is None:  # a local search: every Ray process on 127.0.0.1 only
         from tuneddml.tuning.local_ray import local_init_kwargs
@@ -153,7 +172,8 @@ def run_search(request: SearchRequest, *, stream: IO[str] | None = None) -> Sear
             _undo_start(request, _made(parent), False)
         raise
     clock.lap("ray_start")
-    _quiet_ray_trial_errors()
+    if not verbose:
+        _quiet_ray_trial_errors()
     search_run: SearchRun | None = None
     made_folder = False
     fitting = False
@@ -185,6 +205,8 @@ def run_search(request: SearchRequest, *, stream: IO[str] | None = None) -> Sear
             stream=out,
             searched=space.parameters,
             folder=str(request.folder),
+            scheduler=request.scheduler,
+            epochs=int(request.fixed.get("epochs", DEFAULT_EPOCHS)),
         )
         callbacks = [progress, tracker, TrialLedger(request.folder), EpochLog(request.folder)]
         if request.resume:
@@ -230,7 +252,7 @@ def run_search(request: SearchRequest, *, stream: IO[str] | None = None) -> Sear
                 run_config=tune.RunConfig(
                     name=request.name,
                     storage_path=request.ray_storage,
-                    verbose=0,
+                    verbose=1 if verbose else 0,
                     callbacks=callbacks,
                     failure_config=tune.FailureConfig(max_failures=2),
                     checkpoint_config=tune.CheckpointConfig(
