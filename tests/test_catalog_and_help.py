@@ -57,18 +57,7 @@ def test_every_option_has_help_and_help_names_only_real_options(name):
     assert "--list" in options or "--list" not in help_text
 
 
-# these two build their description from the docstring's first line, reST and all; with
-# ``description=describe(__doc__)`` (tuneddml.cli) they pass, and the strict xfail says so
-_RAW_DESCRIPTION = {"tuneddml.report", "tuneddml.tracking.sync"}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="raw reST description")) if n in _RAW_DESCRIPTION else n
-        for n in _tools()
-    ],
-)
+@pytest.mark.parametrize("name", _tools())
 def test_every_description_is_plain(name):
     parser: argparse.ArgumentParser = importlib.import_module(name)._parser()
     assert parser.description and not REST.search(parser.description), parser.description
