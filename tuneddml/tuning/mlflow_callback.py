@@ -7,6 +7,7 @@ never blocks the search loop); :class:`TrialLedger` writes the ledger of ended t
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -121,12 +122,16 @@ class TrialLedger(Callback):
             record_ended(self.folder, trial.trial_id, trial.last_result, trial.config)
 
 
+_COLOUR = re.compile(r"\x1b\[[0-9;]*m")  # the terminal colours Ray writes into its error files
+
+
 def error_text(trial: Any) -> str | None:
-    """The whole text of a failed trial's Ray error file (its traceback), read now: the file is
-    in Ray's session folder and goes with the session. None where there is none."""
+    """The whole text of a failed trial's Ray error file (its traceback, without terminal
+    colours), read now: the file is in Ray's session folder and goes with the session. None
+    where there is none."""
     try:
         with open(trial.error_file) as handle:
-            return handle.read()[-200_000:] or None
+            return _COLOUR.sub("", handle.read())[-200_000:] or None
     except (OSError, TypeError):
         return None
 
