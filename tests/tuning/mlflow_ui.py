@@ -146,9 +146,12 @@ class Browser:
         browser, per experiment): ``expanded`` parent runs open on their children, ``columns``
         (``metrics.`map_at_r```, ``params.`loss.lambda```) shown, the run name column widened."""
         key = f'MLflowLocalStorage-1.1-ExperimentPage-["{experiment_id}"]-ReactComponentState'
+        # the table applies widths only to the columns of its saved order ("1": the checkboxes)
+        order = ["1", "attributes.`Run Name`", "runDateAndNestInfo", "duration", *columns]
         state = {
             "selectedColumns": columns,
-            "columnWidths": {"attributes.`Run Name`": name_width},
+            "columnOrder": order,
+            "columnWidths": {"attributes.`Run Name`": name_width, **{c: 170 for c in columns}},
             "runsExpanded": {run: True for run in expanded},
         }
         self.js(f"localStorage.setItem({json.dumps(key)}, {json.dumps(json.dumps(state))})")
