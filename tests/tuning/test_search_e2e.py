@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -84,12 +85,29 @@ def test_search_leaves_one_parent_and_one_child_run_per_trial(finished_search):
         # every setting of the trial, defaults included
         for key in ("loss", "loss.lambda", "batch_size", "lr", "sampler.samples_per_class", "seed"):
             assert key in run.data.params
-        history = client.get_metric_history(run.info.run_id, "map_at_r")
-        assert sorted(m.step for m in history) == [1, 2]
-        assert "loss/total" in run.data.metrics and "recall_at_1" in run.data.metrics
+        for key in ("map_at_r", "loss/total", "system/cpu_percent", "system/rss_mb"):
+            assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [1, 2], key
+        assert "recall_at_1" in run.data.metrics and 0 < run.data.metrics["system/rss_mb"] < 1e5
+        # bookkeeping values are tags, and nothing is logged twice under a final/ name
+        assert not {"epoch", "diverged"} & set(run.data.metrics)
+        assert not [k for k in run.data.metrics if k.startswith("final/")]
+        assert run.data.tags["tuneddml.epochs"] == "2"
         assert Path(run.data.tags["tuneddml.checkpoint"]).is_dir()  # where its checkpoint lies
+        (data,) = run.inputs.dataset_inputs  # the data split, the same for every trial
+        assert data.dataset.name == "glyphs-tiny fold 0/4" and len(data.dataset.digest) == 16
+    assert len({r.inputs.dataset_inputs[0].dataset.digest for r in runs}) == 1
+    assert client.get_experiment(summary["experiment_id"]).tags["mlflow.experimentKind"] == "custom_model_development"
     artifacts = {a.path for a in client.list_artifacts(summary["parent_run_id"])}
-    assert {"results.parquet", "best_config.json", "report"} <= artifacts
+    assert {"results.parquet", "best_config.json", "report", "space"} <= artifacts
+    assert [a.path for a in client.list_artifacts(summary["parent_run_id"], "space")] == ["space/quick.yaml"]
+    # the parent's own charts: each trial's value and the best so far, step = trial
+    by_trial = client.get_metric_history(summary["parent_run_id"], "trial/map_at_r")
+    best_so_far = client.get_metric_history(summary["parent_run_id"], "trial/best_map_at_r")
+    assert sorted(m.step for m in by_trial) == sorted(m.step for m in best_so_far) == [1, 2, 3, 4]
+    values = [m.value for m in sorted(by_trial, key=lambda m: m.step)]
+    assert [m.value for m in sorted(best_so_far, key=lambda m: m.step)] == [max(values[: i + 1]) for i in range(4)]
+    best_run = parent.data.tags["tuneddml.best_run_id"]
+    assert best_run in {r.info.run_id for r in runs} and best_run in parent.data.tags["mlflow.note.content"]
 
 
 def test_only_the_best_trials_weights_go_to_mlflow_and_load_weights_only(finished_search, tmp_path):
@@ -205,7 +223,7 @@ def test_resume_after_the_driver_is_killed_is_exact(tmp_path):
     assert len(by_trial) == len(runs) == 3  # a resumed trial never makes a second child run
     for run in runs:
         assert run.info.status == "FINISHED"
-        for key in ("epoch", "map_at_r"):  # no epoch logged twice
+        for key in ("map_at_r", "loss/total"):  # no epoch logged twice
             assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [1, 2, 3]
     table = pq.read_table(summary["results"]).to_pylist()
     assert {r["trial_id"]: r["mlflow_run_id"] for r in table} == by_trial  # every row names its run
@@ -307,66 +325,71 @@ def _nodes_alive(port: int, env: dict[str, str]) -> int:
         return 0
 
 
-def test_mlflow_server_answers_with_the_runs_and_the_ui_shows_them(finished_search, tmp_path):
+def test_the_mlflow_ui_compares_the_trials(finished_search, tmp_path):
+    """A real ``mlflow server`` over the search's store, and the UI in headless Chromium: the
+    experiment opens in the model-training view, the trials are named by what varied and nested
+    under the parent, whose page links the best trial. Screenshots go to test-artifacts/ (the
+    README's come from here)."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.tuning.mlflow_ui import Browser
+    from tuneddml.tracking.mlflow_store import ML_VIEW
+
     cwd, summary = finished_search
+    client = MlflowClient(summary["tracking_uri"])
+    experiment, parent_id = summary["experiment_id"], summary["parent_run_id"]
+    parent = client.get_run(parent_id)
+    best_run = parent.data.tags["tuneddml.best_run_id"]
+    runs = children(summary["tracking_uri"], experiment, parent_id)
+    assert best_run in {r.info.run_id for r in runs}
+    names = sorted(r.info.run_name for r in runs)
+    assert all(re.fullmatch(r"t0[1-4] (supcon|contrastive) lambda=0\.\d\d", n) for n in names), names
     port = free_port()
     env = child_env() | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     mlflow = str(Path(search_command()[0]).parent / "mlflow")
-    server = start(
-        [
-            mlflow,
-            "server",
-            "--backend-store-uri",
-            summary["tracking_uri"],
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        cwd,
-        env,
-        tmp_path / "server.log",
-    )
+    args = ["server", "--backend-store-uri", summary["tracking_uri"], "--host", "127.0.0.1", "--port", str(port)]
+    server = start([mlflow, *args, "--workers", "1"], cwd, env, tmp_path / "server.log")
+    shots = ROOT / "test-artifacts"
+    shots.mkdir(exist_ok=True)
+    base = f"http://127.0.0.1:{port}/"
     try:
-        wait_for(lambda: _http_ok(f"http://127.0.0.1:{port}/health"), 90, "the MLflow server")
-        body = json.dumps({"experiment_ids": [summary["experiment_id"]], "max_results": 100}).encode()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search",
-            data=body,
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            runs = json.load(response)["runs"]
-        assert len(runs) == 5  # the parent and four trials
-        assert {r["info"]["run_id"] for r in runs} >= {summary["parent_run_id"]}
-
-        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-        assert chromium, "chromium is installed by .ci/run (apt-get install chromium)"
-        out_dir = ROOT / "test-artifacts"
-        out_dir.mkdir(exist_ok=True)
-        shot = out_dir / "mlflow-ui.png"
-        url = f"http://127.0.0.1:{port}/#/experiments/{summary['experiment_id']}"
-        flags = [
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-quic",
-            f"--user-data-dir={tmp_path / 'chrome'}",
-            "--virtual-time-budget=20000",
-            "--window-size=1400,900",
-        ]
-        dom = subprocess.run(
-            [chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120
-        )
-        assert "quick" in dom.stdout, dom.stderr[-2000:]  # the experiment (named after the space) is shown
-        subprocess.run([chromium, *flags, f"--screenshot={shot}", url], capture_output=True, timeout=120)
-        assert shot.stat().st_size > 10_000
+        wait_for(lambda: _http_ok(f"{base}health"), 90, "the MLflow server")
+        with Browser(tmp_path / "chrome") as page:
+            page.quiet(base)
+            # as a person sets the table up with a click or two: the parent open on its trials, the
+            # search metric and lambda as columns
+            columns = ["metrics.`map_at_r`", "params.`loss.lambda`"]
+            page.runs_table(experiment, [parent_id], columns)
+            # the experiment, as the README's link opens it: the runs table of the model-training view
+            page.open(f"{base}#/experiments/{experiment}?{ML_VIEW}")
+            shown = page.wait_text(parent.info.run_name, "matching runs", *names)
+            assert "Runs" in shown and not {"Judges", "Evaluation runs", "Prompts"} & set(shown.splitlines())
+            page.js("document.querySelector('button[aria-label=Close]')?.click()")  # the assistant panel
+            page.screenshot(shots / "mlflow-runs.png")
+            # the chart view: each metric and loss term per epoch, one line per trial
+            page.open(f"{base}#/experiments/{experiment}/runs?compareRunsMode=CHART&{ML_VIEW}")
+            page.wait_text("loss/total", "System metrics")
+            drawn = "document.querySelectorAll('.js-plotly-plot .scatterlayer .trace').length"
+            wait_for(lambda: page.js(drawn) >= 8, 60, "the loss charts drawn")  # 4 charts, 2+ lines each
+            time.sleep(1)
+            page.screenshot(shots / "mlflow-charts.png")
+            # the parent's page: its description names the best trial and links its run
+            page.open(f"{base}#/experiments/{experiment}/runs/{parent_id}?{ML_VIEW}")
+            page.wait_text("Best trial:", *names)
+            links = page.js("Array.from(document.querySelectorAll('a')).map(a => a.getAttribute('href') || '')")
+            assert [h for h in links if best_run in h and "/runs/" in h], links
+            page.js(
+                "Array.from(document.querySelectorAll('h1,h2,h3,h4,span,div')).find("
+                "e => e.innerText && e.innerText.trim() === 'Description').scrollIntoView()"
+            )
+            page.screenshot(shots / "mlflow-parent.png")
+            # the trials side by side: what lambda does to the search metric
+            ids = json.dumps([r.info.run_id for r in runs])
+            page.open(f"{base}#/compare-runs?runs={ids}&experiments={json.dumps([experiment])}&{ML_VIEW}")
+            page.wait_text("Parallel Coordinates Plot", "loss.lambda", *names)
+            page.screenshot(shots / "mlflow-compare.png")
+        for shot in ("mlflow-runs.png", "mlflow-charts.png", "mlflow-parent.png", "mlflow-compare.png"):
+            assert (shots / shot).stat().st_size > 20_000, shot
     finally:
         stop_tree(server)
 

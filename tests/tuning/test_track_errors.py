@@ -103,7 +103,7 @@ def local_search(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_a_trials_own_message_reaches_the_console_mlflow_and_the_table(local_search, capfd):
+def test_a_trials_own_message_reaches_the_console_mlflow_and_the_table(local_search, capfd, tmp_path):
     from mlflow.tracking import MlflowClient
 
     from tuneddml.tuning.driver import run_search
@@ -129,6 +129,10 @@ def test_a_trials_own_message_reaches_the_console_mlflow_and_the_table(local_sea
     )}
     assert runs[failed["trial_id"]].data.tags["tuneddml.error"] == f"ConfigError: {BAD}"
     assert runs[failed["trial_id"]].info.status == "FAILED"
+    # the whole traceback, kept by MLflow after Ray's session folder has gone
+    traceback = client.download_artifacts(runs[failed["trial_id"]].info.run_id, "error.txt", str(tmp_path / "e"))
+    text = open(traceback).read()
+    assert 'File "' in text and text.strip().endswith(f"ConfigError: {BAD}") and "\x1b[" not in text
     assert runs[diverged["trial_id"]].data.tags["tuneddml.error"] == diverged["error"]
 
 

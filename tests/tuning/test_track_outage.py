@@ -93,9 +93,12 @@ def test_a_search_outlives_its_tracking_server_and_the_sync_command_logs_the_res
         assert len(runs) == 3
         for run in runs:
             assert run.info.status == "FINISHED" and run.data.tags["tuneddml.status"] == "finished"
-            for key in ("epoch", "map_at_r", "final/map_at_r"):
+            for key in ("map_at_r", "loss/total", "system/rss_mb"):
                 steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
-                assert steps == ([3] if key.startswith("final/") else [1, 2, 3]), (key, steps)
+                assert steps == [1, 2, 3], (key, steps)
+            assert len(run.inputs.dataset_inputs) == 1 and run.data.tags["tuneddml.epochs"] == "3"
+        assert sorted(m.step for m in client.get_metric_history(parent.info.run_id, "trial/best_map_at_r")) == [1, 2, 3]
+        assert parent.data.tags["tuneddml.best_run_id"] in {r.info.run_id for r in runs}
         table = pq.read_table(summary["results"]).to_pylist()  # every row names its run, now
         assert {r["trial_id"]: r["mlflow_run_id"] for r in table} == {
             r.data.tags["tuneddml.trial_id"]: r.info.run_id for r in runs

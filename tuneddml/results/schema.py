@@ -9,7 +9,11 @@ trainer, the Ray trainable, MLflow tracking, the driver, the report and its plot
   ``recall_at_1``, ...; a metric registered in :data:`~tuneddml.evaluation.METRICS` is one more);
 - ``loss/<term>``: the epoch's mean of each loss term, ``loss/total`` included;
 - ``time/train_s``, ``time/eval_s``: the epoch's seconds;
-- ``diverged`` (0 or 1), ``node_id`` (the Ray node), and ``error`` (a diverged trial's message).
+- ``system/cpu_percent``, ``system/rss_mb`` and, on CUDA, ``system/gpu_mem_mb``: what the trial's
+  process used over the epoch (sampled in the trial);
+- ``diverged`` (0 or 1), ``node_id`` (the Ray node), ``data_digest`` (a digest of the trial's data
+  split: which classes and items it trained and was scored on) and ``error`` (a diverged trial's
+  message).
 
 **Results table** (``<storage>/<search>/results.parquet``, one row per trial): the search's
 ``search``, ``space``, ``searcher``, ``metric``, ``mode`` (max|min); the trial's ``trial_id``,
@@ -38,6 +42,8 @@ BEST = "best."
 EPOCH = "epoch"
 TERM = "loss/"
 TIME = "time/"
+SYSTEM = "system/"
+DIGEST = "data_digest"
 DIVERGED = "diverged"
 NODE = "node_id"
 ERROR = "error"
@@ -74,20 +80,21 @@ def _is_number(value: Any) -> bool:
 
 
 def record_values(result: Mapping[str, Any], metrics: Iterable[str] | None = None) -> dict[str, float]:
-    """The finite numbers of a record, by key: epoch, metrics, loss terms, times and ``diverged``
-    (whatever else a scheduler added to the result is left out). ``metrics``: the metric keys
+    """The finite numbers of a record, by key: epoch, metrics, loss terms, times, system usage and
+    ``diverged`` (whatever else a scheduler added to the result is left out). ``metrics``: the metric keys
     (default: the evaluator's)."""
     names = metric_names() if metrics is None else set(metrics)
     own = (EPOCH, DIVERGED)
     return {
         k: float(v) if isinstance(v, float) else v
         for k, v in result.items()
-        if (k in own or k in names or k.startswith((TERM, TIME))) and _is_number(v)
+        if (k in own or k in names or k.startswith((TERM, TIME, SYSTEM))) and _is_number(v)
     }
 
 
 def final_values(result: Mapping[str, Any], metrics: Iterable[str] | None = None) -> dict[str, float]:
-    """The record's values without the per-epoch loss terms and times: what a trial ends with."""
+    """The record's values without the per-epoch loss terms, times and system usage: what a trial
+    ends with."""
     return {k: v for k, v in record_values(result, metrics).items() if "/" not in k}
 
 

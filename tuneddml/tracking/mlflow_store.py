@@ -135,14 +135,28 @@ def client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
+#: the experiment tag that says what kind of work an experiment holds, and the value for model
+#: training (MLflow 3.17's UI, ``ExperimentKind.CUSTOM_MODEL_DEVELOPMENT`` in its JS bundle; its
+#: other kinds are ``genai_development``, ``finetuning``, ...). The 3.17 UI picks its view from
+#: its own "workflow type" switch (``?workflowType=machine_learning`` in a URL, remembered by the
+#: browser), and shows this tag in the experiment's kind selector.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+#: the query that opens a page of the 3.17 UI in its model-training view
+ML_VIEW = "workflowType=machine_learning"
+
+
 def experiment_id(mlflow: Any, name: str) -> str:
-    """The id of experiment ``name``, created (or restored from deletion) if need be."""
+    """The id of experiment ``name``, created (or restored from deletion) if need be, and tagged
+    as a model-training experiment (:data:`EXPERIMENT_KIND`)."""
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
             mlflow.restore_experiment(experiment.experiment_id)
-        return str(experiment.experiment_id)
-    return str(mlflow.create_experiment(name))
+        found = str(experiment.experiment_id)
+        if experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+            mlflow.set_experiment_tag(found, *EXPERIMENT_KIND)
+        return found
+    return str(mlflow.create_experiment(name, tags=dict([EXPERIMENT_KIND])))
 
 
 def log_params(mlflow: Any, run_id: str, params: Mapping[str, Any]) -> None:

@@ -139,7 +139,13 @@ class Sender:
 
     def unsent(self) -> str:
         """What the outbox still holds, in words (``6 epochs, 2 trial ends, the search's end``)."""
-        names = {"start": "trial starts", "epoch": "epochs", "end": "trial ends", "weights": "weights files"}
+        names = {
+            "start": "trial starts",
+            "dataset": "trial datasets",
+            "epoch": "epochs",
+            "end": "trial ends",
+            "weights": "weights files",
+        }
         counts: dict[str, int] = {}
         for item in self.outbox.pending():
             counts[item["kind"]] = counts.get(item["kind"], 0) + 1

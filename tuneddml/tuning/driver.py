@@ -356,6 +356,8 @@ def _start_parent_run(request: SearchRequest) -> SearchRun:
             "seed": request.seed,
             **{f"fixed.{k}": v for k, v in request.fixed.items()},
         },
+        space_file=space.path,
+        searched=space.parameters,
     )
 
 
@@ -435,6 +437,8 @@ def _summarise(
     summary_metrics = {f"trials_{k}": v for k, v in counts.items()}
     if best is not None:
         summary_metrics[f"best_{metric}"] = best[f"{BEST}{metric}"]
+    from tuneddml.tuning.outcome import best_link, trial_series
+
     search_run.submit(
         f"finish/{sum(counts.values())}",
         "finish",
@@ -443,6 +447,8 @@ def _summarise(
         best_config=best_config,
         files=[str(results_file)],
         report=[REPORT_FOLDER, [str(p) for p in report_files]] if report_files else None,
+        series=trial_series(rows, metric, mode),
+        best=best_link(best, request.space.parameters, metric) if best else None,
     )
     unsent = search_run.sender.flush(timeout=float(os.environ.get("TUNEDDML_MLFLOW_FLUSH_S", "30")))
     clock.lap("mlflow_flush")

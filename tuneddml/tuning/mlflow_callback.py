@@ -7,24 +7,31 @@ never blocks the search loop); :class:`TrialLedger` writes the ledger of ended t
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
 from tuneddml.results import EPOCH, ERROR, record_values, trial_status
+from tuneddml.results.labels import trial_index, trial_label
 from tuneddml.results.ledger import record_ended
+from tuneddml.results.schema import DIGEST
 from tuneddml.tracking import SearchRun
 from tuneddml.tuning.progress import trial_error
 
 
 class MlflowCallback(Callback):
-    """Trial start -> child run (every setting, defaults included), each epoch -> its record,
-    trial end -> status, final values, error message and where its best checkpoint lies.
+    """Trial start -> child run (every setting, defaults included), named by what varied
+    (``t03 supcon lambda=0.50``); its first epoch -> its data split as a dataset input; each
+    epoch -> its record; trial end -> status, epochs, error message and traceback text, and where
+    its best checkpoint lies.
 
     Each trial's config is validated once (``TrialConfig.from_flat(...).to_flat()``: what the
     trial really ran with) and kept by trial id. Every call is handed to
-    :meth:`SearchRun.submit` (keyed, so a repeat after a resume is sent once).
+    :meth:`SearchRun.submit` (keyed, so a repeat after a resume is sent once). A failed trial's
+    traceback is read here, from Ray's error file, when the trial ends: that file lives in Ray's
+    session folder, on the head node, and goes with the session.
     """
 
     def __init__(self, search_run: SearchRun) -> None:
@@ -49,6 +56,13 @@ class MlflowCallback(Callback):
                 self._configs[trial.trial_id] = flat
         return self._configs[trial.trial_id]
 
+    def label(self, trial: Any) -> str:
+        """The trial's readable name: its start order, loss and the searched settings it has
+        (:func:`~tuneddml.results.labels.trial_label`; the searched settings are the space's, else
+        those the searcher suggested)."""
+        searched = self.search_run.searched or list(getattr(trial, "evaluated_params", None) or {})
+        return trial_label(self.config(trial), searched, trial_index(getattr(trial, "experiment_tag", None)))
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.search_run.submit(
             f"start/{trial.trial_id}",
@@ -56,18 +70,21 @@ class MlflowCallback(Callback):
             trial=trial.trial_id,
             config=self.config(trial),
             known=[t.trial_id for t in trials],
+            name=self.label(trial),
         )
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         epoch = int(result.get(EPOCH, 0))
-        self.config(trial)
+        config = self.config(trial)
+        if result.get(DIGEST):
+            self.search_run.submit(
+                f"dataset/{trial.trial_id}", "dataset", trial=trial.trial_id, dataset=split_input(config, result[DIGEST])
+            )
         self.search_run.submit(
             f"epoch/{trial.trial_id}/{epoch}", "epoch", trial=trial.trial_id, epoch=epoch, values=record_values(result)
         )
 
     def _finish(self, trial: Any, errored: bool) -> None:
-        from tuneddml.results import final_values
-
         config = self.config(trial)
         last = trial.last_result or {}
         status = trial_status(last, int(config.get("epochs", 0)), errored)
@@ -81,10 +98,10 @@ class MlflowCallback(Callback):
             "end",
             trial=trial.trial_id,
             status=status,
-            final={f"final/{k}": v for k, v in final_values(last).items()} if last else {},
             epoch=epoch,
             error=error,
             checkpoint=checkpoint,
+            traceback=error_text(trial) if errored else None,
         )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -103,6 +120,31 @@ class TrialLedger(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.last_result:
             record_ended(self.folder, trial.trial_id, trial.last_result, trial.config)
+
+
+_COLOUR = re.compile(r"\x1b\[[0-9;]*m")  # the terminal colours Ray writes into its error files
+
+
+def error_text(trial: Any) -> str | None:
+    """The whole text of a failed trial's Ray error file (its traceback, without terminal
+    colours), read now: the file is in Ray's session folder and goes with the session. None
+    where there is none."""
+    try:
+        with open(trial.error_file) as handle:
+            return _COLOUR.sub("", handle.read())[-200_000:] or None
+    except (OSError, TypeError):
+        return None
+
+
+def split_input(config: dict[str, Any], digest: str) -> dict[str, str]:
+    """A trial's data split as :meth:`SearchRun.log_dataset` takes it: ``glyphs-tiny fold 0/4``
+    (the dataset and its fold of the training classes; ``... test`` for the final split)."""
+    dataset = str(config.get("dataset", "dataset"))
+    if config.get("split", "val") == "val":
+        context = f"val fold {config.get('fold', 0)}/{config.get('num_folds', 4)}"
+    else:
+        context = str(config.get("split"))
+    return {"name": f"{dataset} {context.removeprefix('val ')}", "digest": digest, "context": context}
 
 
 def best_checkpoint(trial: Any) -> str | None:

@@ -108,3 +108,36 @@ def save_weights(rows: list[dict], checkpoints: dict[str, str], request: SearchR
         except Exception as exc:  # the weights are a bonus: never cost the search its results
             print(f"warning: weights of trial {row['trial_id']} not saved: {exc}", file=out)
     return saved
+
+
+def trial_series(rows: list[dict], metric: str, mode: str) -> dict[str, list[list[float]]]:
+    """The parent run's per-trial series, at step = a trial's 1-based start order: each scored
+    trial's best ``metric`` (``trial/<metric>``) and the best of the trials up to it
+    (``trial/best_<metric>``; a trial with no value repeats the best before it)."""
+    from tuneddml.tracking.search_run import SERIES
+
+    values: list[list[float]] = []
+    best: list[list[float]] = []
+    so_far: float | None = None
+    for row in sorted(rows, key=lambda r: r["order"]):
+        value = row.get(f"{BEST}{metric}")
+        step = int(row["order"]) + 1
+        if value is not None and value == value:
+            values.append([step, float(value)])
+            so_far = value if so_far is None else (max if mode == "max" else min)(so_far, value)
+        if so_far is not None:
+            best.append([step, float(so_far)])
+    return {f"{SERIES}{metric}": values, f"{SERIES}best_{metric}": best}
+
+
+def best_link(best: dict, searched: Any, metric: str) -> dict[str, Any]:
+    """What the parent run's description says of the best trial (see ``SearchRun.finish``)."""
+    from tuneddml.results import row_config
+    from tuneddml.results.labels import trial_label
+
+    return {
+        "trial": best["trial_id"],
+        "label": trial_label(row_config(best), list(searched), int(best["order"]) + 1),
+        "metric": metric,
+        "value": float(best[f"{BEST}{metric}"]),
+    }

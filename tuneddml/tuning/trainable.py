@@ -2,7 +2,9 @@
 
 Reports after every epoch with a checkpoint (so a trial that dies on a node resumes from its last
 epoch elsewhere), and turns a diverged loss into a final ``diverged`` result instead of an error,
-so the searcher sees a bad result and Ray does not retry it.
+so the searcher sees a bad result and Ray does not retry it. Each epoch's record also carries what
+the trial's process used over the epoch (``system/*``, :class:`SystemUsage`) and a digest of its
+data split (``data_digest``), which the driver logs to MLflow (workers never talk to MLflow).
 
 A checkpoint that cannot be restored (missing, truncated, refused: see
 :func:`tuneddml.training.loop.read_checkpoint`) does not cost the trial: :func:`resume_trainer`
@@ -13,6 +15,8 @@ beside it, ``<trial folder>/checkpoint_NNNNNN/``), else restarts the trial from 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 import tempfile
 from collections.abc import Callable
@@ -43,6 +47,7 @@ def train_trial(
     from tuneddml.config import TrialConfig
     from tuneddml.errors import TrialDiverged
     from tuneddml.results import DIVERGED, NODE, diverged_record
+    from tuneddml.results.schema import DIGEST
 
     flat = {k: v for k, v in params.items() if not k.startswith("_")}
     node = ray.get_runtime_context().get_node_id()  # which node ran the trial (clusters)
@@ -64,11 +69,14 @@ def train_trial(
             )
             trainer = resume_trainer(config, None)
 
+    usage = SystemUsage()
+    digest = split_digest(config, trainer.data)
+
     def report(epoch_report: Any, tr: Any) -> None:
         with tempfile.TemporaryDirectory() as folder:
             tr.save(Path(folder) / CHECKPOINT_FILE)
             tune.report(
-                {**epoch_report.flat(), DIVERGED: 0, NODE: node},
+                {**epoch_report.flat(), **usage.sample(), DIVERGED: 0, NODE: node, DIGEST: digest},
                 checkpoint=tune.Checkpoint.from_directory(folder),
             )
 
@@ -76,6 +84,45 @@ def train_trial(
         trainer.run(report)
     except TrialDiverged as exc:
         tune.report({**diverged_record(exc.epoch, metric, str(exc)), NODE: node})
+
+
+class SystemUsage:
+    """What this process used since the last :meth:`sample` (psutil; torch for CUDA memory)."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self._process.cpu_percent(None)  # the first call starts the interval
+
+    def sample(self) -> dict[str, float]:
+        """``system/cpu_percent`` (100 = one core busy), ``system/rss_mb`` and, where CUDA is
+        there, ``system/gpu_mem_mb`` (the peak allocated since the last sample)."""
+        from tuneddml.results.schema import SYSTEM
+
+        out = {
+            f"{SYSTEM}cpu_percent": float(self._process.cpu_percent(None)),
+            f"{SYSTEM}rss_mb": self._process.memory_info().rss / 2**20,
+        }
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            out[f"{SYSTEM}gpu_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            torch.cuda.reset_peak_memory_stats()
+        return out
+
+
+def split_digest(config: Any, data: Any) -> str:
+    """A short digest of the trial's data split: the settings that make it (dataset, its
+    parameters, split, folds, fold seed) and the class labels of its training items, queries and
+    gallery. Trials with one digest trained and were scored on the same data."""
+    h = hashlib.sha256()
+    settings = {k: getattr(config, k) for k in ("dataset", "dataset_params", "split", "num_folds", "fold", "fold_seed")}
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    for part in (data.train, data.query, data.gallery):
+        if part is not None:
+            h.update(part.labels.astype("int64").tobytes())
+    return h.hexdigest()[:16]
 
 
 def local_checkpoint_folder(checkpoint: Any) -> Path | None:
