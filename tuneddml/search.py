@@ -67,7 +67,18 @@ def print_summary(summary: Any, searched: Iterable[str], out: IO[str]) -> None:
     else:
         print("no trial produced a result", file=out)
     print(f"results table: {summary.results_file}", file=out)
-    print(f"compare the trials: mlflow ui --backend-store-uri {summary.tracking_uri}", file=out, flush=True)
+    print(f"compare the trials: {ui_hint(summary.tracking_uri, summary.experiment_id)}", file=out, flush=True)
+
+
+def ui_hint(tracking_uri: str, experiment_id: str) -> str:
+    """How to open the search's experiment in the MLflow UI's model-training view: the page itself
+    for a tracking server, else the command that serves the store, then the page."""
+    from tuneddml.tracking.mlflow_store import ML_VIEW
+
+    page = f"#/experiments/{experiment_id}?{ML_VIEW}"
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {tracking_uri}, then open http://127.0.0.1:5000/{page}"
 
 
 @guarded

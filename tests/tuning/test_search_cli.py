@@ -184,3 +184,13 @@ def test_verbose_gives_ray_its_own_output_back(tmp_path, monkeypatch):
     quiet, loud = seen
     assert (quiet["log_to_driver"], quiet["logging_level"]) == (False, "ERROR")
     assert (loud["log_to_driver"], loud["logging_level"]) == (True, "INFO")
+
+
+def test_the_closing_line_opens_the_experiment_in_mlflows_model_training_view():
+    from tuneddml.search import ui_hint
+
+    served = ui_hint("http://127.0.0.1:5000/", "7")
+    assert served == "http://127.0.0.1:5000/#/experiments/7?workflowType=machine_learning"
+    local = ui_hint("sqlite:////tmp/x/mlflow.db", "1")
+    assert local.startswith("mlflow ui --backend-store-uri sqlite:////tmp/x/mlflow.db")
+    assert local.endswith("http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning")

@@ -182,6 +182,7 @@ def run_search(request: SearchRequest, *, stream: IO[str] | None = None, verbose
             meta = json.loads(meta_file.read_text())
             search_run = SearchRun(request.tracking_uri, meta["experiment_id"], meta["parent_run_id"])
             search_run.resumed = True
+            search_run.searched = list(space.parameters)  # the runs' names, as the first session made them
         else:
             assert parent is not None
             search_run = parent.result()
