@@ -1,3 +1,4 @@
+# Long file: every end-to-end check of a real search (runs, weights, table, resume after a kill, a 2-node cluster with token auth, the MLflow UI) shares the searches and clusters its fixtures start once.
 """End to end through real Ray, a real sqlite MLflow store and glyphs-tiny."""
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import io
+import json
 import math
 import os
 import pickle
@@ -103,9 +104,12 @@ def local_search(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_a_trials_own_message_reaches_the_console_mlflow_and_the_table(local_search, capfd, tmp_path):
+def test_a_trials_own_message_reaches_the_console_mlflow_the_table_and_the_report(local_search, capfd, tmp_path):
     from mlflow.tracking import MlflowClient
 
+    from tuneddml.plots import draw_learning_curves
+    from tuneddml.report import main as report_main
+    from tuneddml.results import load_results
     from tuneddml.tuning.driver import run_search
 
     out = io.StringIO()
@@ -134,6 +138,20 @@ def test_a_trials_own_message_reaches_the_console_mlflow_and_the_table(local_sea
     text = open(traceback).read()
     assert 'File "' in text and text.strip().endswith(f"ConfigError: {BAD}") and "\x1b[" not in text
     assert runs[diverged["trial_id"]].data.tags["tuneddml.error"] == diverged["error"]
+    # the epoch log holds every epoch reported; the report names the failed trial's reason and
+    # draws the finished trial's learning curve
+    finished = next(r for r in table.values() if r["status"] == "finished")
+    log = [json.loads(line) for line in (summary.folder / "epochs.jsonl").read_text().splitlines()]
+    assert [(e["trial_id"], e["epoch"]) for e in log if e["trial_id"] == finished["trial_id"]] == [
+        (finished["trial_id"], 1),
+        (finished["trial_id"], 2),
+    ]
+    assert {e["trial_id"] for e in log} == {finished["trial_id"], diverged["trial_id"]}
+    assert report_main([str(summary.folder), "--top", "3", "--no-plots"]) == 0
+    line = next(x for x in capfd.readouterr().out.splitlines() if failed["trial_id"] in x)
+    assert "failed ConfigError: sampler.samples_per_class: bad value 9" in " ".join(line.split())
+    curves = draw_learning_curves(load_results([summary.results_file]))
+    assert [len(line.get_xdata()) for line in curves.axes[0].get_lines()] == [2]  # the finished trial
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import math
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -170,14 +170,19 @@ def log_params(mlflow: Any, run_id: str, params: Mapping[str, Any]) -> None:
 
 def log_metrics(mlflow: Any, run_id: str, metrics: Mapping[str, Any], step: int) -> None:
     """The finite numbers of ``metrics`` at ``step``, 500 to a batch."""
+    log_points(mlflow, run_id, ((k, v, step) for k, v in metrics.items()))
+
+
+def log_points(mlflow: Any, run_id: str, points: Iterable[tuple[str, Any, int]]) -> None:
+    """``(key, value, step)`` points, the finite numbers among them, 500 to a batch."""
     import time
 
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
     items = [
-        Metric(k, float(v), now, step)
-        for k, v in metrics.items()
+        Metric(k, float(v), now, int(step))
+        for k, v, step in points
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
     ]
     for start in range(0, len(items), 500):

@@ -38,6 +38,7 @@ from tuneddml.tracking.mlflow_store import (
     experiment_id,
     log_metrics,
     log_params,
+    log_points,
 )
 from tuneddml.tracking.outbox import Outbox, Sender
 
@@ -367,9 +368,8 @@ class SearchRun:
         log_metrics(self.client, self.parent_run_id, {k: v for k, v in metrics.items() if k not in held}, step=0)
         for key, points in (series or {}).items():
             steps = {int(m.step) for m in self.client.get_metric_history(self.parent_run_id, key)} if key in held else set()
-            for step, value in points:
-                if int(step) not in steps:
-                    log_metrics(self.client, self.parent_run_id, {key: value}, step=int(step))
+            new = [(key, value, step) for step, value in points if int(step) not in steps]
+            log_points(self.client, self.parent_run_id, new)
         for key, value in tags.items():
             self.client.set_tag(self.parent_run_id, key, str(value))
         if best is not None:

@@ -236,7 +236,7 @@ def run_search(request: SearchRequest, *, stream: IO[str] | None = None, verbose
             if hasattr(core, "events"):  # the balance search says what it decided
                 progress.events = lambda: core.events
             scheduler = SCHEDULERS.build(
-                request.scheduler, {}, field="--scheduler", epochs=int(request.fixed.get("epochs", 5))
+                request.scheduler, {}, field="--scheduler", epochs=int(request.fixed.get("epochs", DEFAULT_EPOCHS))
             )
             tuner = tune.Tuner(
                 trainable,

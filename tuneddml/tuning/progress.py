@@ -20,12 +20,14 @@ from typing import IO, Any
 from ray.tune import Callback
 
 from tuneddml.cli import format_duration
+from tuneddml.config import TrialConfig
 from tuneddml.errors import error_message
 from tuneddml.results import EVAL_SECONDS, TRAIN_SECONDS, trial_status
 from tuneddml.results.labels import trial_index, trial_label
 
 PROGRESS_FILE = "progress.json"  # in the search's folder: its elapsed time when last printed
-DEFAULT_EPOCHS = 5  # a trial's epochs when neither the space nor an override sets them (TrialConfig's)
+#: a trial's epochs when neither the space nor an override sets them
+DEFAULT_EPOCHS: int = TrialConfig.__dataclass_fields__["epochs"].default
 
 
 def _elapsed_before(folder: str | None) -> float:
