@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from tuneddml.config import TrialConfig
-from tuneddml.losses import LOSSES, build_loss
+from tuneddml.losses import LOSSES
 from tuneddml.sampling import EMBEDDING_AUGMENTERS, MINERS, SAMPLERS
 from tuneddml.searchers.space import SearchSpace, list_spaces, load_space
+from tuneddml.training.loop import build_loss_parts
 
 # About the training classes of glyphs' val split (847 classes of 10 to 16 images; fold 0)
 NUM_CLASSES, PER_CLASS = 800, 10
@@ -44,23 +45,7 @@ def _trial_components(config: TrialConfig) -> tuple[Any, Any, Any]:
     sampler = SAMPLERS.build(config.sampler, config.sampler_params, field="sampler")
     sampler.check(labels, config.batch_size)
     torch.manual_seed(config.seed)
-    loss = build_loss(
-        config.loss,
-        config.loss_params,
-        num_classes=NUM_CLASSES,
-        embedding_size=config.embedding_size,
-        miner=config.miner,
-        miner_params=config.miner_params,
-    )
-    aug = None
-    if config.embedding_aug != "none":
-        aug = EMBEDDING_AUGMENTERS.build(
-            config.embedding_aug,
-            config.embedding_aug_params,
-            field="embedding_aug",
-            num_classes=NUM_CLASSES,
-            embedding_size=config.embedding_size,
-        )
+    loss, aug = build_loss_parts(config, num_classes=NUM_CLASSES)
     return sampler, loss, aug
 
 
