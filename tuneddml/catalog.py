@@ -16,7 +16,7 @@ import textwrap
 from collections.abc import Sequence
 from typing import IO, Any
 
-from tuneddml.cli import EXIT_BAD_INPUT, describe, first_paragraph, first_sentence, plain
+from tuneddml.cli import EXIT_BAD_INPUT, first_paragraph, first_sentence, plain
 from tuneddml.config import _TOP_SPECS, component_registries
 from tuneddml.registry import Entry, ParamSpec, Registry
 
@@ -212,7 +212,7 @@ def print_catalog(only: str | None, out: IO[str]) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tuneddml.catalog", description=describe(__doc__))
+    parser = argparse.ArgumentParser(prog="python -m tuneddml.catalog", description=first_paragraph(__doc__))
     parser.add_argument(
         "kind", nargs="?", metavar="KIND", help=f"show only this kind: {', '.join(kinds())} (a plural works too)"
     )

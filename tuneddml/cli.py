@@ -151,8 +151,3 @@ def first_sentence(text: str) -> str:
         if word.lower() not in _ABBREVIATIONS:
             return text[: match.end()]
     return text
-
-
-def describe(doc: str | None) -> str:
-    """A command-line tool's ``description`` from its module docstring: the first paragraph, plain."""
-    return first_paragraph(doc)

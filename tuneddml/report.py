@@ -34,7 +34,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from tuneddml.cli import describe, guarded
+from tuneddml.cli import first_paragraph, guarded
 from tuneddml.errors import ConfigError
 from tuneddml.plots import make_report
 from tuneddml.results import (
@@ -331,7 +331,7 @@ def check_targets(targets: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
 
 # ---------------------------------------------------------------------------------------- CLI
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tuneddml.report", description=describe(__doc__))
+    p = argparse.ArgumentParser(prog="python -m tuneddml.report", description=first_paragraph(__doc__))
     p.add_argument(
         "results",
         nargs="*",

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import IO, Any
 
-from tuneddml.cli import describe, format_duration, format_values, guarded, parse_overrides
+from tuneddml.cli import first_paragraph, format_duration, format_values, guarded, parse_overrides
 from tuneddml.results import RUNS_FOLDER
 
 
@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     from tuneddml.searchers.schedulers import SCHEDULERS
     from tuneddml.searchers.space import list_spaces
 
-    p = argparse.ArgumentParser(prog="python -m tuneddml.search", description=describe(__doc__))
+    p = argparse.ArgumentParser(prog="python -m tuneddml.search", description=first_paragraph(__doc__))
     p.add_argument(
         "--space", required=True, help=f"a shipped space ({', '.join(list_spaces())}) or a path to a YAML file"
     )

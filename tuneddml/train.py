@@ -17,13 +17,13 @@ import json
 import sys
 from collections.abc import Sequence
 
-from tuneddml.cli import describe, format_duration, format_values, guarded, parse_overrides
+from tuneddml.cli import first_paragraph, format_duration, format_values, guarded, parse_overrides
 from tuneddml.config import TrialConfig
 from tuneddml.errors import ConfigError, TrialDiverged
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tuneddml.train", description=describe(__doc__))
+    parser = argparse.ArgumentParser(prog="python -m tuneddml.train", description=first_paragraph(__doc__))
     parser.add_argument("--config", help="JSON or YAML file of trial settings (flat or nested keys)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of final metrics")
     parser.add_argument("--save", help="write the trained trial state (model, loss, optimiser) here")

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tuneddml.cli import describe, guarded
+from tuneddml.cli import first_paragraph, guarded
 from tuneddml.errors import ConfigError
 from tuneddml.results import RESULTS_FILE, RUNS_FOLDER, SEARCH_FILE, write_results
 from tuneddml.tracking.mlflow_store import check_tracking_uri
@@ -26,7 +26,7 @@ from tuneddml.tracking.search_run import SearchRun
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tuneddml.tracking.sync", description=describe(__doc__))
+    p = argparse.ArgumentParser(prog="python -m tuneddml.tracking.sync", description=first_paragraph(__doc__))
     p.add_argument("--name", required=True, help="the search's name")
     p.add_argument("--storage", default=RUNS_FOLDER, help=f"the search's storage folder (default: ./{RUNS_FOLDER})")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the search's own)")
