@@ -50,6 +50,7 @@ from tuneddml.results import (
     config_column,
     is_numeric,
     log_scaled,
+    present_config,
     scores,
     varied_params,
 )
@@ -363,14 +364,6 @@ def draw_parallel_coordinates(results: Results) -> Figure | str:
     return figure
 
 
-def _config(row: pd.Series) -> dict[str, Any]:
-    return {
-        c.removeprefix(CONFIG): row[c]
-        for c in row.index
-        if c.startswith(CONFIG) and not (row[c] is None or (isinstance(row[c], float) and math.isnan(row[c])))
-    }
-
-
 def trial_labels(frame: pd.DataFrame) -> dict[Any, str]:
     """Each row's readable name (:func:`tuneddml.results.labels.trial_label`), by frame index: its
     start order, loss and the settings the search varied."""
@@ -380,7 +373,7 @@ def trial_labels(frame: pd.DataFrame) -> dict[Any, str]:
     order = pd.to_numeric(frame["order"], errors="coerce") if "order" in frame.columns else None
     return {
         i: trial_label(
-            _config(row), searched, None if order is None or math.isnan(order[i]) else int(order[i]) + 1
+            present_config(row), searched, None if order is None or math.isnan(order[i]) else int(order[i]) + 1
         )
         for i, row in frame.iterrows()
     }

@@ -7,6 +7,7 @@ trials with :func:`score_column` / :func:`scores`."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -271,3 +272,12 @@ def log_scaled(values: pd.Series) -> bool:
     searched on a log scale."""
     present = pd.to_numeric(values, errors="coerce").dropna()
     return bool(len(present) > 1 and (present > 0).all() and present.max() / present.min() >= 20)
+
+
+def present_config(row: pd.Series) -> dict[str, Any]:
+    """A results row's ``config.*`` settings by key, without those the trial lacks (null, NaN)."""
+    return {
+        c.removeprefix(CONFIG): v
+        for c, v in row.items()
+        if c.startswith(CONFIG) and not (v is None or (isinstance(v, float) and math.isnan(v)))
+    }

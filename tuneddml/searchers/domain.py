@@ -96,6 +96,16 @@ class Domain:
         kind = int if self.kind == "int" else float
         return list(dict.fromkeys([kind(self.low), kind(self.high), self.start]))
 
+    def distribution(self) -> Any:
+        """This domain as an Optuna distribution (for a study built from finished trials)."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.kind == "choice":
+            return CategoricalDistribution(list(self.choices))
+        if self.kind == "int":
+            return IntDistribution(int(self.low), int(self.high), log=self.log)
+        return FloatDistribution(self.low, self.high, log=self.log)
+
     def suggest(self, trial: Any) -> Any:
         """Ask an Optuna trial (or Ray's captor of one) for this domain's value, under its name:
         Optuna needs one distribution per parameter name, and variants of a key differ."""

@@ -13,7 +13,15 @@ import math
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from tuneddml.results import CONFIG, is_numeric, log_scaled, most_common, scores, varied_params
+from tuneddml.results import (
+    CONFIG,
+    is_numeric,
+    log_scaled,
+    most_common,
+    present_config,
+    scores,
+    varied_params,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -24,14 +32,10 @@ MIN_IMPORTANCE_TRIALS = 6  # trials with a result before PED-ANOVA is asked
 IMPORTANCE_TOP = 5  # trials PED-ANOVA's top quantile should hold (its docs: at least 5)
 
 
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
 def _distributions(results: Results, rows: pd.DataFrame) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """``(params, distributions)`` of each row, by the space's domain names (``key@i`` for a
     variant): from the space file when it loads, else from the values in the table."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
 
     try:
         from tuneddml.searchers.space import load_space
@@ -41,21 +45,10 @@ def _distributions(results: Results, rows: pd.DataFrame) -> list[tuple[dict[str,
         space = None
     out = []
     if space is not None:
-        made = {}
-        for d in space.domains:
-            if d.kind == "choice":
-                made[d.name] = CategoricalDistribution(list(d.choices))
-            elif d.kind == "int":
-                made[d.name] = IntDistribution(int(d.low), int(d.high), log=d.log)
-            else:
-                made[d.name] = FloatDistribution(d.low, d.high, log=d.log)
         domains = {d.name: d for d in space.domains}
+        made = {name: d.distribution() for name, d in domains.items()}
         for _, row in rows.iterrows():
-            config = {
-                c.removeprefix(CONFIG): v
-                for c, v in row.items()
-                if c.startswith(CONFIG) and c.removeprefix(CONFIG) in space.parameters and not _missing(v)
-            }
+            config = {k: v for k, v in present_config(row).items() if k in space.parameters}
             named = space.names_of(config)
             params = {n: _as_domain_value(domains[n], v) for n, v in named.items()}
             out.append((params, {n: made[n] for n in params}))
@@ -71,10 +64,11 @@ def _distributions(results: Results, rows: pd.DataFrame) -> list[tuple[dict[str,
         else:
             inferred[column] = CategoricalDistribution(sorted({str(v) for v in values}))
     for _, row in rows.iterrows():
+        present = present_config(row)
         params = {
-            c.removeprefix(CONFIG): (float(row[c]) if isinstance(d, FloatDistribution) else str(row[c]))
-            for c, d in inferred.items()
-            if not _missing(row[c])
+            key: float(present[key]) if isinstance(d, FloatDistribution) else str(present[key])
+            for key, d in ((c.removeprefix(CONFIG), d) for c, d in inferred.items())
+            if key in present
         }
         out.append(
             (
