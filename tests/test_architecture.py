@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("similarity",),
     ("data", "models", "evaluation", "sampling"),
     ("losses",),
-    ("config",),
+    ("config", "presets"),
     ("results",),
     ("training", "tracking"),
     ("searchers",),

@@ -2,7 +2,7 @@
 
 Everything here falls out of the registries: the trial settings, every component with its
 parameters (and, for a loss, its family, balance and search ranges), the metrics a trial reports,
-the searchers, the schedulers and the shipped search spaces. ``KIND`` narrows it to one of them
+the searchers, the schedulers, the shipped search spaces and presets. ``KIND`` narrows it to one of them
 (``python -m tuneddml.catalog losses``).
 """
 
@@ -23,6 +23,7 @@ from tuneddml.registry import Entry, ParamSpec, Registry
 WIDTH = 100  # the printed catalog's lines are wrapped at this many characters
 TRIAL = "trial"
 SPACES = "spaces"
+PRESETS = "presets"
 
 
 def balance_text(prefix: str, name: str) -> str | None:
@@ -86,8 +87,8 @@ def other_registries() -> dict[str, Registry[Any]]:
 
 
 def kinds() -> list[str]:
-    """What the catalog can be narrowed to: ``trial``, each registry's kind, ``spaces``."""
-    return [TRIAL, *component_registries(), *other_registries(), SPACES]
+    """What the catalog can be narrowed to: ``trial``, each registry's kind, ``spaces``, ``presets``."""
+    return [TRIAL, *component_registries(), *other_registries(), SPACES, PRESETS]
 
 
 def kind_of(word: str) -> str:
@@ -118,6 +119,13 @@ def spaces() -> dict[str, dict[str, Any]]:
     return out
 
 
+def presets() -> dict[str, dict[str, Any]]:
+    """The shipped presets: what each is, the numbers its papers reach, its settings."""
+    from tuneddml.presets import list_presets, read_preset
+
+    return {name: vars(read_preset(name)) for name in list_presets()}
+
+
 def catalog(only: str | None = None) -> dict[str, object]:
     """The catalog as data; ``only``: one kind of :func:`kinds` (``metric`` brings ``metric_keys``)."""
     from tuneddml.evaluation import metric_keys
@@ -133,6 +141,8 @@ def catalog(only: str | None = None) -> dict[str, object]:
         out["metric_keys"] = metric_keys()
     if only in (None, SPACES):
         out[SPACES] = spaces()
+    if only in (None, PRESETS):
+        out[PRESETS] = presets()
     return out
 
 
@@ -192,6 +202,12 @@ def _print_spaces(out: IO[str]) -> None:
         )
 
 
+def _print_presets(out: IO[str]) -> None:
+    print("presets (python -m tuneddml.train --preset NAME; a space file's preset: NAME):", file=out)
+    for name, preset in presets().items():
+        _say(out, f"{name}: {preset['description']}. Reference: {preset['reference']}", "  ", "    ")
+
+
 def print_catalog(only: str | None, out: IO[str]) -> None:
     """The catalog for a person; ``only``: one kind of :func:`kinds`."""
     sections = []
@@ -205,6 +221,8 @@ def print_catalog(only: str | None, out: IO[str]) -> None:
             sections.append(lambda k=kind, r=registry: _print_others(k, r, out))
     if only in (None, SPACES):
         sections.append(lambda: _print_spaces(out))
+    if only in (None, PRESETS):
+        sections.append(lambda: _print_presets(out))
     for i, section in enumerate(sections):
         if i:
             print(file=out)

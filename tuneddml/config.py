@@ -167,20 +167,14 @@ class TrialConfig:
 
     def replace(self, **flat: Any) -> TrialConfig:
         """A copy with some flat keys changed, validated again."""
-        merged = self.to_flat()
-        # a new component name resets its parameters to that component's defaults (a new dataset
-        # also its image size, unless given)
-        for prefix, (name_field, _) in COMPONENTS.items():
-            if name_field in flat and flat[name_field] != merged[name_field]:
-                merged = {k: v for k, v in merged.items() if not k.startswith(prefix + ".")}
-                if prefix == "dataset":
-                    merged["image_size"] = None
-        merged.update(flat)
-        return TrialConfig.from_flat(merged)
+        return TrialConfig.from_flat(merge_flat(self.to_flat(), flat))
 
     @classmethod
-    def from_file(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> TrialConfig:
-        """Read a JSON or YAML file of flat (or nested ``*_params``) keys, then apply ``overrides``."""
+    def from_file(
+        cls, path: str | Path, overrides: Mapping[str, Any] | None = None, *, base: Mapping[str, Any] | None = None
+    ) -> TrialConfig:
+        """Read a JSON or YAML file of flat (or nested ``*_params``) keys, then apply ``overrides``;
+        the file's keys change ``base`` (flat keys, e.g. a preset's) as :func:`merge_flat` does."""
         path = Path(path)
         if not path.is_file():
             raise ConfigError("--config", str(path), "an existing JSON or YAML file")
@@ -197,7 +191,21 @@ class TrialConfig:
             raise ConfigError("--config", str(path), "a mapping of trial settings")
         flat = _flatten(data)
         flat.update(overrides or {})
-        return cls.from_flat(flat)
+        return cls.from_flat(merge_flat(base or {}, flat))
+
+
+def merge_flat(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat keys ``base`` with ``changes`` applied. A component given a new name loses ``base``'s
+    parameters of that component (they belong to the old one); a new dataset also loses the image
+    size, unless ``changes`` gives one."""
+    merged = dict(base)
+    for prefix, (name_field, _) in COMPONENTS.items():
+        if name_field in changes and name_field in merged and changes[name_field] != merged[name_field]:
+            merged = {k: v for k, v in merged.items() if not k.startswith(prefix + ".")}
+            if prefix == "dataset":
+                merged["image_size"] = None
+    merged.update(changes)
+    return merged
 
 
 def _flatten(data: Mapping[str, Any]) -> dict[str, Any]:

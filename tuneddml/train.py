@@ -4,6 +4,7 @@ Examples::
 
     python -m tuneddml.train dataset=glyphs-tiny epochs=2 loss=supcon loss.lambda=0.3
     python -m tuneddml.train --config trial.yaml split=test --json
+    python -m tuneddml.train --preset mlrc data_root=~/data/CUB_200_2011 loss=multi_similarity
 
 Shows progress after every epoch (loss terms, metrics, time left); with ``--json`` the last line
 is one JSON object with the final metrics. Bad input exits with code 2 and one line naming the
@@ -15,16 +16,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from tuneddml.cli import first_paragraph, format_duration, format_values, guarded, parse_overrides
-from tuneddml.config import TrialConfig
+from tuneddml.config import TrialConfig, merge_flat
 from tuneddml.errors import ConfigError, TrialDiverged
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tuneddml.train", description=first_paragraph(__doc__))
     parser.add_argument("--config", help="JSON or YAML file of trial settings (flat or nested keys)")
+    parser.add_argument(
+        "--preset", help="start from a shipped preset (python -m tuneddml.catalog presets); --config and KEY=VALUE change it"
+    )
     parser.add_argument("--json", action="store_true", help="end with one JSON line of final metrics")
     parser.add_argument("--save", help="write the trained trial state (model, loss, optimiser) here")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="trial settings, e.g. loss=supcon")
@@ -35,10 +39,15 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     overrides = parse_overrides(args.overrides)
+    base: Mapping[str, object] = {}
+    if args.preset:
+        from tuneddml.presets import read_preset
+
+        base = read_preset(args.preset).settings
     if args.config:
-        config = TrialConfig.from_file(args.config, overrides)
+        config = TrialConfig.from_file(args.config, overrides, base=base)
     else:
-        config = TrialConfig.from_flat(overrides)
+        config = TrialConfig.from_flat(merge_flat(base, overrides))
     if args.save:
         from pathlib import Path
 

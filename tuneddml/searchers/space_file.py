@@ -22,7 +22,9 @@ from tuneddml.searchers.domain import KINDS, Domain, config_key
 MODES = ("max", "min")
 DEFAULT_METRIC = "map_at_r"
 
-TOP_KEYS = ("description", "metric", "mode", "searcher", "num_samples", "scheduler", "fixed", "parameters")
+TOP_KEYS = (
+    "description", "metric", "mode", "searcher", "num_samples", "scheduler", "preset", "fixed", "parameters"
+)
 DOMAIN_KEYS = (*KINDS, "log", "start", "when")
 REPO_ROOT = Path(tuneddml.__file__).resolve().parent.parent
 
@@ -132,9 +134,23 @@ def read_space(path: Path) -> dict[str, Any]:
         "searcher": choose("searcher", "coordinate_descent", SEARCHERS),
         "num_samples": num_samples,
         "scheduler": choose("scheduler", "asha", SCHEDULERS),
-        "fixed": dict(fixed),
+        "fixed": _with_preset(data.get("preset"), fixed, parameters, where),
         "parameters": parameters,
     }
+
+
+def _with_preset(
+    name: Any, fixed: Mapping[str, Any], parameters: Mapping[str, Any], where: str
+) -> dict[str, Any]:
+    """The space's ``fixed`` over its preset's settings (if it names one); a preset setting that the
+    space searches is left to the search."""
+    if name is None:
+        return dict(fixed)
+    from tuneddml.config import merge_flat
+    from tuneddml.presets import read_preset
+
+    settings = {k: v for k, v in read_preset(name, f"{where}: preset").settings.items() if k not in parameters}
+    return merge_flat(settings, fixed)
 
 
 def _number(value: Any, field: str, expected: str) -> float:
