@@ -95,11 +95,13 @@ def test_gpu_workers_autoscale_and_head_runs_no_trials(config):
 
 
 def test_installs_the_pinned_torch_from_the_cuda_index(config):
-    pinned = re.search(r'"torch==([\d.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    project = (ROOT / "pyproject.toml").read_text()
     setup = _commands(config, "setup_commands")
     torch_line = next(line for line in config["setup_commands"] if "torch==" in line)
     words = shlex.split(torch_line)
-    assert f"torch=={pinned}" in words
+    for package in ("torch", "torchvision"):  # the builds the project pins, from the CUDA index
+        pinned = re.search(rf'"{package}==([\d.]+)"', project).group(1)
+        assert f"{package}=={pinned}" in words
     index = words[words.index("--index-url") + 1]
     assert re.fullmatch(r"https://download\.pytorch\.org/whl/cu\d{3}", index)
     # torch first, then the project (synced by file_mounts) with its own pins
