@@ -28,7 +28,7 @@ def test_strings_from_the_command_line_are_typed():
         }
     )
     assert config.epochs == 3 and config.lr == 1e-4 and config.loss_params["lambda"] == 0.25
-    assert config.amp is False and config.steps_per_epoch is None
+    assert config.amp == "none" and config.steps_per_epoch is None
 
 
 def test_frozen():
