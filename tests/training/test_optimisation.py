@@ -5,6 +5,7 @@ The CUDA paths of amp are checked in test_gpu.py."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -132,7 +133,7 @@ def test_warmup_then_cosine_gives_the_hand_computed_learning_rates():
         assert expected(k) == pytest.approx(factor)  # the formula reads as intended
         assert lrs[k] == pytest.approx([0.001 * factor, 0.01 * factor, 0.1 * factor], rel=1e-12), k
     assert lrs[4] == lrs[3]  # the cosine starts at 1 where the warm-up ends
-    assert all(a[1] > b[1] for a, b in zip(lrs[4:], lrs[5:]))  # then falls at every step
+    assert all(a[1] > b[1] for a, b in itertools.pairwise(lrs[4:]))  # then falls at every step
     assert lrs[19][1] > 0.01 * 0.2  # the last step is still above the floor it approaches
 
 
@@ -268,3 +269,21 @@ def test_channels_last_is_off_on_the_cpu_by_default_and_trains_when_asked():
     on = TrialConfig.from_flat({"channels_last": True})
     assert not optimisation.use_channels_last(on, torch.device("cpu"), (64,), nn.Linear(64, 8))
     assert optimisation.use_channels_last(on, torch.device("cpu"), (1, 32, 32), nn.Linear(64, 8))
+
+
+def test_the_fp16_scaler_path_scales_unscales_clips_and_checkpoints(tmp_path):
+    # the CUDA path of amp=fp16, run on the CPU with a CPU GradScaler: loss scaling by a power of two
+    # is exact, so training matches the unscaled path bit for bit, clipping after unscaling included
+    flat = {"epochs": 2, "steps_per_epoch": 3, "loss": "proxy_anchor", "grad_clip": 0.05, "warmup_epochs": 1}
+    plain = _trainer(**flat)
+    scaled = _trainer(**flat)
+    scaled.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=2)
+    assert _train(scaled) == _train(plain)
+    for a, b in zip(plain.model.state_dict().values(), scaled.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert scaled.scaler.get_scale() == 2.0**13  # grown every 2 good steps: the scaler did step
+    scaled.save(tmp_path / "state.pt")
+    again = _trainer(**flat)
+    again.scaler = torch.amp.GradScaler("cpu")
+    again.restore(tmp_path / "state.pt")
+    assert again.scaler.get_scale() == 2.0**13 and again.scaler.get_growth_interval() == 2

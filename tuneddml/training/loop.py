@@ -334,8 +334,8 @@ class UnreadableCheckpoint(RuntimeError):
 
 #: the keys every :meth:`Trainer.state_dict` has
 STATE_KEYS = frozenset(
-    "config epoch model loss embedding_aug sampler optimizer scheduler scaler rng generator torch_rng history elapsed"
-    .split()
+    "config epoch model loss embedding_aug sampler optimizer scheduler scaler rng generator torch_rng "
+    "history elapsed".split()
 )
 _NDARRAY = "__tuneddml_ndarray__"  # {_NDARRAY: dtype, "shape": [...], "bytes": uint8 tensor}
 _NUMPY = "__tuneddml_numpy__"  # {_NUMPY: dtype, "value": Python scalar}
