@@ -96,7 +96,8 @@ def test_optimisation_settings_round_trip_and_old_amp_booleans_still_load():
     assert defaults["backbone.lr"] is None and defaults["backbone.freeze_bn"] is False
     assert (defaults["lr_schedule"], defaults["warmup_epochs"], defaults["grad_clip"]) == ("constant", 0.0, None)
     assert (defaults["amp"], defaults["channels_last"]) == ("none", None)
-    for old, new in [(True, "bf16"), (False, "none"), ("true", "bf16"), ("False", "none"), (None, "none")]:
+    old_values = [(True, "bf16"), (False, "none"), ("true", "bf16"), ("False", "none"), (None, "none")]
+    for old, new in [*old_values, (1, "bf16"), ("0", "none")]:
         assert TrialConfig.from_flat({"amp": old}).amp == new, old
     # the backbone settings are every backbone's: a new backbone keeps them, its own parameters go
     other = config.replace(backbone="timm")

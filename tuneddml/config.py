@@ -234,11 +234,15 @@ def _same(value: Any) -> Any:
 
 
 def _amp(value: Any) -> Any:
-    """``amp`` was a bool before fp16 came: true meant bf16, false (or None) no mixed precision."""
+    """``amp`` was a bool before fp16 came: true meant bf16, false (or None) no mixed precision;
+    the spellings of a bool the registry reads (true/false, 1/0, yes/no, on/off) still work."""
     if value is None or isinstance(value, bool):
         return "bf16" if value else "none"
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "on", "off"):
-        return "bf16" if value.strip().lower() in ("true", "yes", "on") else "none"
+    word = value.strip().lower() if isinstance(value, str) else value
+    if word in ("true", "1", "yes", "on", 1):
+        return "bf16"
+    if word in ("false", "0", "no", "off", 0):
+        return "none"
     return value
 
 
