@@ -269,7 +269,8 @@ def _backbone_params(registry: Registry[Any], name: str, params: Mapping[str, An
         if key not in generic and entry.param(key) is None:
             valid = ", ".join([*(s.name for s in entry.params), *generic])
             supplied = f" (the trial supplies {key})" if key in entry.runtime else ""
-            raise ConfigError(f"backbone.{key}", value, f"a parameter of backbone {name!r}: {valid}{supplied}")
+            expected = f"a parameter of backbone {name!r}: {valid}{supplied}"
+            raise ConfigError(f"backbone.{key}", value, expected)
     own = registry.validate(name, {k: v for k, v in params.items() if k not in generic}, field="backbone")
     for key, spec in generic.items():
         own[key] = spec.coerce(params[key], f"backbone.{key}") if key in params else spec.default

@@ -65,7 +65,12 @@ def test_the_scheduler_path_with_a_factor_of_one_changes_nothing():
     plain = _trainer(epochs=2, steps_per_epoch=3, loss="proxy_anchor", optimizer="sgd")
     assert plain.scheduler is None  # constant, no warm-up: no scheduler at all
     scheduled = _trainer(
-        epochs=2, steps_per_epoch=3, loss="proxy_anchor", optimizer="sgd", lr_schedule="step", lr_step_epochs=99
+        epochs=2,
+        steps_per_epoch=3,
+        loss="proxy_anchor",
+        optimizer="sgd",
+        lr_schedule="step",
+        lr_step_epochs=99,
     )
     assert scheduled.scheduler is not None
     assert _train(plain) == _train(scheduled)
@@ -140,7 +145,12 @@ def test_warmup_then_cosine_gives_the_hand_computed_learning_rates():
 def test_step_decay_every_fractional_number_of_epochs():
     # 3 epochs of 2 steps, x0.5 every 1.5 epochs (3 steps); a half-epoch warm-up (1 step) changes nothing
     trainer = _trainer(
-        epochs=3, steps_per_epoch=2, lr=0.01, lr_schedule="step", lr_step_epochs=1.5, lr_step_gamma=0.5,
+        epochs=3,
+        steps_per_epoch=2,
+        lr=0.01,
+        lr_schedule="step",
+        lr_step_epochs=1.5,
+        lr_step_gamma=0.5,
         warmup_epochs=0.5,
     )
     lrs = _record_lrs(trainer)
@@ -176,7 +186,9 @@ def _grad_norms(trainer: Trainer, blow_up: float) -> list[float]:
 
     def record(opt, *_):
         grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
-        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+        norms.append(
+            float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+        )
 
     trainer.optimizer.register_step_pre_hook(record)
     trainer.train_epoch()
@@ -259,7 +271,9 @@ def test_channels_last_is_off_on_the_cpu_by_default_and_trains_when_asked():
     conv = next(m for m in trainer.model.modules() if isinstance(m, nn.Conv2d))
     assert trainer.channels_last and conv.weight.is_contiguous(memory_format=torch.channels_last)
     seen = []
-    conv.register_forward_pre_hook(lambda _m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    conv.register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
     terms = trainer.train_epoch()
     trainer.embed(trainer.data.query, [0, 1])
     assert seen and all(seen)
