@@ -58,15 +58,25 @@ class TrialConfig:
     embedding_aug: str = "none"  # embedding-space augmentation between model and loss (DAS, IAA)
     batch_size: int = 64
     # optimisation
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = 1e-3
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"  # sgd, rmsprop: momentum 0.9
+    lr: float = 1e-3  # the embedding head's (and the backbone's, unless backbone.lr is set)
     proxy_lr: float = 1e-2  # learning rate of the loss's own parameters (proxies, beta, weights)
     weight_decay: float = 0.0
+    # the schedule multiplies every group's lr by one factor, updated after each optimiser step
+    lr_schedule: Literal["constant", "cosine", "step"] = "constant"
+    warmup_epochs: float = 0.0  # linear warm-up from ~0 to each lr over this many epochs (may be fractional)
+    lr_min_factor: float = 0.0  # cosine: the factor reached at the end of the trial (0: down to zero)
+    lr_step_epochs: float = 10.0  # step: multiply the lrs by lr_step_gamma every this many epochs
+    lr_step_gamma: float = 0.1  # step: the factor applied every lr_step_epochs
+    grad_clip: float | None = None  # clip the gradients' total L2 norm to this; None: no clipping
     epochs: int = 5
     steps_per_epoch: int | None = None  # None: one pass over the training items
     seed: int = 0
     device: str = "auto"  # auto: CUDA where present, else CPU
-    amp: bool = False  # bfloat16 autocast on CUDA
+    # mixed precision: autocast on CUDA only (fp16 with a gradient scaler), no effect on the CPU;
+    # the loss is always computed in float32. true/false (older configs) mean bf16/none
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    channels_last: bool | None = None  # None: on for image batches on CUDA with a conv backbone, else off
     threads: int | None = None  # torch CPU threads; None: torch's default
     eval_batch_size: int = 512
     eval_ap: bool = (
@@ -105,7 +115,7 @@ class TrialConfig:
         for key, value in top.items():
             if key not in specs:
                 raise ConfigError(key, value, f"a trial setting: {', '.join(sorted(specs))}")
-            checked[key] = specs[key].coerce(value, key)
+            checked[key] = specs[key].coerce(_LEGACY.get(key, _same)(value), key)
         config = cls(**checked)
         return config._with_components(nested)
 
@@ -120,6 +130,9 @@ class TrialConfig:
                 updates[params_field] = _check_no_params(prefix, name, params)
                 continue
             registry = registries[prefix]
+            if prefix == "backbone":
+                updates[params_field] = _backbone_params(registry, name, params)
+                continue
             if prefix == "dataset":
                 for arg, top in DATASET_RUNTIME.items():
                     if arg in params:
@@ -196,12 +209,14 @@ class TrialConfig:
 
 def merge_flat(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
     """Flat keys ``base`` with ``changes`` applied. A component given a new name loses ``base``'s
-    parameters of that component (they belong to the old one); a new dataset also loses the image
+    parameters of that component (they belong to the old one; ``backbone.lr`` and
+    ``backbone.freeze_bn``, valid for every backbone, stay); a new dataset also loses the image
     size, unless ``changes`` gives one."""
     merged = dict(base)
     for prefix, (name_field, _) in COMPONENTS.items():
         if name_field in changes and name_field in merged and changes[name_field] != merged[name_field]:
-            merged = {k: v for k, v in merged.items() if not k.startswith(prefix + ".")}
+            kept = {f"backbone.{s.name}" for s in BACKBONE_SPECS}  # valid for every backbone
+            merged = {k: v for k, v in merged.items() if not k.startswith(prefix + ".") or k in kept}
             if prefix == "dataset":
                 merged["image_size"] = None
     merged.update(changes)
@@ -221,6 +236,62 @@ def _flatten(data: Mapping[str, Any]) -> dict[str, Any]:
         else:
             flat[key] = value
     return flat
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _amp(value: Any) -> Any:
+    """``amp`` was a bool before fp16 came: true meant bf16, false (or None) no mixed precision;
+    the spellings of a bool the registry reads (true/false, 1/0, yes/no, on/off) still work."""
+    if value is None or isinstance(value, bool):
+        return "bf16" if value else "none"
+    word = value.strip().lower() if isinstance(value, str) else value
+    if word in ("true", "1", "yes", "on", 1):
+        return "bf16"
+    if word in ("false", "0", "no", "off", 0):
+        return "none"
+    return value
+
+
+#: a trial setting -> the translation of its older values (applied before the type check)
+_LEGACY = {"amp": _amp}
+
+
+def _backbone_settings(lr: float | None = None, freeze_bn: bool = False) -> None:
+    """The parameters every backbone takes besides its own, applied by the trial: ``lr``, the
+    backbone's learning rate (None: the trial's ``lr``, one group with the head); ``freeze_bn``,
+    the backbone's BatchNorm layers are frozen (``build_model(freeze_bn=True)``), their affine
+    parameters left out of the optimiser."""
+
+
+#: backbone.lr, backbone.freeze_bn: valid for every backbone, stripped before it is built
+BACKBONE_SPECS = param_specs(_backbone_settings, {"lr": "(0, 10]"}, (), "backbone settings")
+
+
+def _backbone_params(registry: Registry[Any], name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The backbone's own parameters (checked by its registry) followed by :data:`BACKBONE_SPECS`."""
+    generic = {s.name: s for s in BACKBONE_SPECS}
+    entry = registry.get(name, "backbone")
+    for key, value in params.items():
+        if key not in generic and entry.param(key) is None:
+            valid = ", ".join([*(s.name for s in entry.params), *generic])
+            supplied = f" (the trial supplies {key})" if key in entry.runtime else ""
+            expected = f"a parameter of backbone {name!r}: {valid}{supplied}"
+            raise ConfigError(f"backbone.{key}", value, expected)
+    own = registry.validate(name, {k: v for k, v in params.items() if k not in generic}, field="backbone")
+    for key, spec in generic.items():
+        own[key] = spec.coerce(params[key], f"backbone.{key}") if key in params else spec.default
+    return own
+
+
+def split_backbone_params(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A trial's ``backbone_params`` in two: the backbone's own (what it is built with) and the
+    :data:`BACKBONE_SPECS` settings, defaults filled in (what the trainer applies)."""
+    generic = {s.name: s.default for s in BACKBONE_SPECS}
+    own = {k: v for k, v in params.items() if k not in generic}
+    return own, {k: params.get(k, default) for k, default in generic.items()}
 
 
 def _check_no_params(prefix: str, name: str, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -261,6 +332,11 @@ _TOP_SPECS = param_specs(
         "lr": "(0, 10]",
         "proxy_lr": "(0, 1000]",
         "weight_decay": "[0, 1]",
+        "warmup_epochs": "[0, 100000]",
+        "lr_min_factor": "[0, 1]",
+        "lr_step_epochs": "(0, 100000]",
+        "lr_step_gamma": "(0, 1]",
+        "grad_clip": "(0, inf)",
         "epochs": "[1, 100000]",
         "steps_per_epoch": "[1, 10000000]",
         "threads": "[1, 1024]",

@@ -36,7 +36,13 @@ def build_model(
     *,
     item_shape: tuple[int, ...],
     embedding_size: int,
+    freeze_bn: bool = False,
 ) -> Embedder:
-    """Build ``backbone`` for items of ``item_shape`` (``(C, H, W)`` images or ``(D,)`` vectors)."""
+    """Build ``backbone`` for items of ``item_shape`` (``(C, H, W)`` images or ``(D,)`` vectors);
+    ``freeze_bn``: its BatchNorm layers' affine parameters get no gradient."""
     net = BACKBONES.build(backbone, params or {}, field="backbone", item_shape=item_shape)
+    if freeze_bn:  # placeholder until the models branch's freeze_bn is merged
+        for module in net.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.requires_grad_(False)
     return Embedder(net, embedding_size)

@@ -22,11 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tuneddml.config import DATASET_RUNTIME, TrialConfig
+from tuneddml.config import DATASET_RUNTIME, TrialConfig, split_backbone_params
 from tuneddml.errors import ConfigError, TrialDiverged
 from tuneddml.losses.base import EpochContext
 from tuneddml.results import epoch_record
 from tuneddml.sampling.base import EmbeddingAugmenter
+from tuneddml.training import optimisation
 
 
 @dataclass
@@ -99,23 +100,36 @@ class Trainer:
         self.sampler = SAMPLERS.build(config.sampler, config.sampler_params, field="sampler")
         self.sampler.check(self.data.train.labels, config.batch_size)
 
+        backbone_params, backbone_settings = split_backbone_params(config.backbone_params)
         self.model = build_model(
             config.backbone,
-            config.backbone_params,
+            backbone_params,
             item_shape=self.data.train.item_shape,
             embedding_size=config.embedding_size,
+            freeze_bn=backbone_settings["freeze_bn"],
         ).to(self.device)
+        self.channels_last = optimisation.use_channels_last(
+            config, self.device, self.data.train.item_shape, self.model
+        )
+        if self.channels_last:
+            self.model = optimisation.to_channels_last(self.model)
         loss, embedding_aug = build_loss_parts(config, num_classes=self.data.num_train_classes)
         self.loss = loss.to(self.device)
         self.embedding_aug: EmbeddingAugmenter | None = (
             embedding_aug.to(self.device) if embedding_aug is not None else None
         )
-        groups = [{"params": list(self.model.parameters()), "lr": config.lr}]
         extra = list(self.embedding_aug.parameters()) if self.embedding_aug is not None else []
-        loss_params = [p for p in [*self.loss.parameters(), *extra] if p.requires_grad]
-        if loss_params:
-            groups.append({"params": loss_params, "lr": config.proxy_lr})
-        self.optimizer = _make_optimizer(config, groups)
+        groups = optimisation.param_groups(
+            config, self.model, [*self.loss.parameters(), *extra], backbone_settings["lr"]
+        )
+        self.optimizer = optimisation.make_optimizer(config, groups)
+        self.trained = [p for g in self.optimizer.param_groups for p in g["params"]]
+        # one epoch's optimiser steps, for the schedule: computed once
+        self.steps_per_epoch = config.steps_per_epoch or self.sampler.num_batches(
+            self.data.train.labels, config.batch_size
+        )
+        self.scheduler = optimisation.make_scheduler(config, self.optimizer, self.steps_per_epoch)
+        self.scaler = optimisation.make_scaler(config, self.device)
         self.rng = np.random.default_rng(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.epoch = 0  # epochs completed
@@ -124,9 +138,8 @@ class Trainer:
 
     # -- batches -------------------------------------------------------------------------
     def _autocast(self) -> Any:
-        if self.config.amp and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return nullcontext()
+        dtype = optimisation.autocast_dtype(self.config, self.device)
+        return nullcontext() if dtype is None else torch.autocast("cuda", dtype=dtype)
 
     def _train_batches(self) -> Iterator[np.ndarray]:
         labels = self.data.train.labels
@@ -174,14 +187,31 @@ class Trainer:
             total = terms["total"]
             if not torch.isfinite(total):
                 raise TrialDiverged(epoch, step, {k: float(v.detach()) for k, v in terms.items()})
-            self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            self.optimizer.step()
+            self._step(total)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             steps += 1
         self.epoch = epoch
         return {k: v / max(steps, 1) for k, v in sums.items()}
+
+    def _step(self, total: torch.Tensor) -> None:
+        """Backward (scaled under fp16), clip the gradients' norm, optimiser step, schedule step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        clip = self.config.grad_clip
+        if self.scaler is None:
+            total.backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.trained, clip)
+            self.optimizer.step()
+        else:
+            self.scaler.scale(total).backward()
+            if clip is not None:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.trained, clip)
+            self.scaler.step(self.optimizer)  # skipped where the scaled gradients overflowed
+            self.scaler.update()
+        if self.scheduler is not None:
+            self.scheduler.step()
 
     @torch.no_grad()
     def embed(self, items: Any, indices: np.ndarray | None = None) -> torch.Tensor:
@@ -253,6 +283,8 @@ class Trainer:
             "embedding_aug": self.embedding_aug.state_dict() if self.embedding_aug is not None else None,
             "sampler": self.sampler.state_dict() or None,
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": self.rng.bit_generator.state,
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -268,6 +300,10 @@ class Trainer:
         if state.get("sampler") is not None:
             self.sampler.load_state_dict(state["sampler"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
         self.rng.bit_generator.state = state["rng"]
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
@@ -298,7 +334,8 @@ class UnreadableCheckpoint(RuntimeError):
 
 #: the keys every :meth:`Trainer.state_dict` has
 STATE_KEYS = frozenset(
-    "config epoch model loss embedding_aug sampler optimizer rng generator torch_rng history elapsed".split()
+    "config epoch model loss embedding_aug sampler optimizer scheduler scaler rng generator torch_rng "
+    "history elapsed".split()
 )
 _NDARRAY = "__tuneddml_ndarray__"  # {_NDARRAY: dtype, "shape": [...], "bytes": uint8 tensor}
 _NUMPY = "__tuneddml_numpy__"  # {_NUMPY: dtype, "value": Python scalar}
@@ -404,14 +441,6 @@ def build_loss_parts(config: TrialConfig, *, num_classes: int) -> tuple[Any, Emb
             embedding_size=config.embedding_size,
         )
     return loss, embedding_aug
-
-
-def _make_optimizer(config: TrialConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
-    if config.optimizer == "adam":
-        return torch.optim.Adam(groups, weight_decay=config.weight_decay)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-    return torch.optim.SGD(groups, momentum=0.9, weight_decay=config.weight_decay)
 
 
 def run_trial(
