@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 from tuneddml.cli import EXIT_BAD_INPUT, first_paragraph, first_sentence, plain
-from tuneddml.config import _TOP_SPECS, component_registries
+from tuneddml.config import _TOP_SPECS, BACKBONE_SPECS, component_registries
 from tuneddml.registry import Entry, ParamSpec, Registry
 
 WIDTH = 100  # the printed catalog's lines are wrapped at this many characters
@@ -67,7 +67,7 @@ def _entry(prefix: str, entry: Entry[Any]) -> dict[str, Any]:
         out["family"] = entry.factory.family  # type: ignore[attr-defined]
     if b := balance_text(prefix, entry.name):
         out["balance"] = b
-    out["params"] = {p.name: _spec(p) for p in entry.params}
+    out["params"] = {p.name: _spec(p) for p in (*entry.params, *(BACKBONE_SPECS if prefix == "backbone" else ()))}
     if entry.runtime_params and prefix == "dataset":
         out["trial_sets"] = {p.name: _spec(p) for p in entry.runtime_params}
     if entry.search:
@@ -160,6 +160,10 @@ def _print_trial(out: IO[str]) -> None:
 
 def _print_components(prefix: str, registry: Registry[Any], out: IO[str]) -> None:
     print(f"{prefix} (choose with {prefix}=NAME, parameters as {prefix}.PARAM=VALUE):", file=out)
+    if prefix == "backbone":
+        print("  every backbone also takes:", file=out)
+        for p in BACKBONE_SPECS:
+            print(f"      {p.describe()}", file=out)
     for name in registry.names():
         entry = registry.get(name)
         _say(out, f"{name}: {summary(entry)}", "  ")
