@@ -10,6 +10,7 @@ The environment is read at each call, not when ``huggingface_hub`` is imported.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from collections.abc import Sequence
@@ -191,3 +192,9 @@ def first_lines(exc: BaseException) -> str:
     """An exception's message in one line (its first two lines: torch's load errors start vaguely)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return " ".join(lines[:2])[:300] if lines else type(exc).__name__
+
+
+def whole_doc(cls: type) -> str:
+    """A class's docstring on one line: the catalog's summary of a backbone whose every sentence
+    matters (its parameters, where weights come from)."""
+    return " ".join((inspect.getdoc(cls) or "").split())

@@ -22,6 +22,7 @@ from tuneddml.models._hub import (
     image_channels,
     read_json,
     size_of,
+    whole_doc,
 )
 from tuneddml.models.embedder import BACKBONES
 
@@ -51,20 +52,20 @@ FAMILIES = {
 INSTEAD = "set backbone.model to a local folder written by save_pretrained"
 
 
-@BACKBONES.register("hf", runtime=("item_shape",), requires=("transformers",))
 class HFBackbone(PixelNormalised):
-    """A Hugging Face transformers vision model with its weights: ``model`` is a hub id
-    (``facebook/dinov2-small``, ``google/vit-base-patch16-224-in21k``, ``microsoft/resnet-50``,
-    ``openai/clip-vit-base-patch32``) or a local folder written by ``save_pretrained``
-    (config.json and model.safetensors); DINOv2, ViT, ResNet and CLIP (its vision tower) models.
-    A hub id is read from the Hugging Face hub cache (HF_HOME or HF_HUB_CACHE) and only what the
-    cache lacks is downloaded, only online: with HF_HUB_OFFLINE=1 a model that is not cached is an
-    error that says how to fill the cache. ``pooling``: cls (the class token), mean (of the patch
-    tokens or feature map), pooler (the model's own pooled output) or auto: cls for DINOv2 and
-    ViT, pooler for ResNet and CLIP. Inputs in [0, 1] are normalised inside the model with the
-    image_mean and image_std of the model's preprocessor_config.json (else the family's defaults:
-    ImageNet's for DINOv2 and ResNet, 0.5 for ViT, CLIP's for CLIP); any image size works.
-    Needs ``pip install transformers``."""
+    """A Hugging Face transformers vision model with its weights: DINOv2, ViT, ResNet or CLIP (its
+    vision tower). model: a hub id (facebook/dinov2-small, google/vit-base-patch16-224-in21k,
+    microsoft/resnet-50, openai/clip-vit-base-patch32) or a local folder written by save_pretrained
+    (config.json with model.safetensors or pytorch_model.bin). Hub models are read from the Hugging
+    Face cache (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub); only what it lacks
+    is downloaded, and only online: with HF_HUB_OFFLINE=1 a model that is not cached is a
+    configuration error at once (fill the cache on a machine online, or name a local folder).
+    pooling: cls (the class token), mean (of the patch tokens or the feature map), pooler (the
+    model's pooled output) or auto: cls for DINOv2 and ViT, pooler for ResNet and CLIP. Images in
+    [0, 1] are normalised inside the model with the image_mean and image_std of its
+    preprocessor_config.json, else its family's (ImageNet's for DINOv2 and ResNet, 0.5 for ViT,
+    CLIP's for CLIP); grey images are repeated to 3 channels; any image size works. Needs pip
+    install tuneddml[hf]."""
 
     def __init__(
         self,
@@ -185,3 +186,8 @@ def _quiet(transformers: Any) -> Iterator[None]:
         if bars:
             logging.enable_progress_bar()
 
+
+# registered after the class: the catalog shows its whole docstring (every parameter, the cache rule)
+BACKBONES.register("hf", runtime=("item_shape",), requires=("transformers",), summary=whole_doc(HFBackbone))(
+    HFBackbone
+)

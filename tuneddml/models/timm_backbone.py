@@ -19,6 +19,7 @@ from tuneddml.models._hub import (
     image_channels,
     offline,
     read_json,
+    whole_doc,
 )
 from tuneddml.models.embedder import BACKBONES
 
@@ -30,17 +31,18 @@ WEIGHTS_EXPECTED = (
 )
 
 
-@BACKBONES.register("timm", runtime=("item_shape",), requires=("timm",))
 class TimmBackbone(PixelNormalised):
-    """Any timm model, without its classifier: ``model`` is a timm name (``resnet50``, with a
-    pretrained tag ``vit_small_patch14_dinov2.lvd142m``) or ``hf-hub:org/name``. Weights: with
-    ``pretrained`` true, the ones timm names for that model, from the Hugging Face hub cache
-    (HF_HOME or HF_HUB_CACHE); ``weights`` instead names a local state-dict file (.pth, .pt,
-    .safetensors) or a folder written by timm's save_for_hf (config.json and model.safetensors);
-    neither: random initialisation. Only what the cache lacks is downloaded, and only online: with
-    HF_HUB_OFFLINE=1 a model that is not cached is an error that says how to fill the cache.
-    Inputs in [0, 1] are normalised inside the model with its config's mean and std (grey images
-    repeated to 3 channels); ViTs take any image size. Needs ``pip install tuneddml[timm]``."""
+    """Any timm model, without its classifier. model: a timm name (resnet50; with a weights tag,
+    vit_small_patch14_dinov2.lvd142m) or hf-hub:org/name for a timm model on the Hugging Face hub.
+    pretrained: true loads the weights timm names for the model, false starts from random weights.
+    weights: a local state-dict file (.pth, .pt, .safetensors) or a folder written by timm's
+    save_for_hf (config.json with model.safetensors or pytorch_model.bin), loaded instead; empty:
+    none. Hub weights are read from the Hugging Face cache (HF_HUB_CACHE, else HF_HOME/hub, else
+    ~/.cache/huggingface/hub); only what it lacks is downloaded, and only online: with
+    HF_HUB_OFFLINE=1 a model that is not cached is a configuration error at once (fill the cache on
+    a machine online, or set weights). Images in [0, 1] are normalised inside the model with the
+    mean and std of its config (grey images repeated to 3 channels); ViTs take any image size. Needs
+    pip install tuneddml[timm]."""
 
     def __init__(
         self, *, item_shape: tuple[int, ...], model: str = "resnet18", pretrained: bool = False, weights: str = ""
@@ -176,3 +178,8 @@ def load_state_file(net: torch.nn.Module, path: Path, weights: str, model: str) 
     if missing:
         raise ConfigError("backbone.weights", weights, f"a state dict for {model} (missing {missing[:3]})")
 
+
+# registered after the class: the catalog shows its whole docstring (every parameter, the cache rule)
+BACKBONES.register("timm", runtime=("item_shape",), requires=("timm",), summary=whole_doc(TimmBackbone))(
+    TimmBackbone
+)
