@@ -72,6 +72,15 @@ def cached_file(repo: str, filenames: Sequence[str]) -> str | None:
     return None
 
 
+def known_missing(repo: str, filename: str) -> bool:
+    """Whether the cache records that the hub has no such file (huggingface_hub's ``.no_exist``)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    name, revision = split_revision(repo)
+    found = try_to_load_from_cache(name, filename, cache_dir=cache_dir(), revision=revision)
+    return found is not None and not isinstance(found, str)
+
+
 def hub_file(
     repo: str, filenames: Sequence[str], *, field: str, value: Any, instead: str, download: bool = True
 ) -> str | None:
@@ -120,7 +129,7 @@ def hub_folder(
             for shard in sorted(set(json.loads(Path(found).read_text())["weight_map"].values())):
                 hub_file(repo, [shard], field=field, value=value, instead=instead, download=download)
     for filename in optional:
-        if cached_file(repo, [filename]) is None and not offline() and download:
+        if cached_file(repo, [filename]) is None and not known_missing(repo, filename) and not offline() and download:
             try:
                 hub_file(repo, [filename], field=field, value=value, instead=instead)
             except ConfigError:
