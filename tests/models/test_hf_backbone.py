@@ -105,7 +105,7 @@ def test_offline_and_not_cached_is_a_quick_config_error(hub):
         with pytest.raises(ConfigError) as err:
             attempt()
         assert err.value.field == "backbone.model" and err.value.value == "facebook/dinov2-small"
-        assert "offline" in str(err.value) and "huggingface-cli download facebook/dinov2-small" in str(err.value)
+        assert "offline" in str(err.value) and "hf download facebook/dinov2-small" in str(err.value)
     assert time.perf_counter() - start < 5
 
 

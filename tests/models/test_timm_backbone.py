@@ -104,7 +104,7 @@ def test_offline_and_not_cached_is_a_quick_config_error(hub, params):
         with pytest.raises(ConfigError) as err:
             attempt()
         assert err.value.field == "backbone.model" and err.value.value == params["model"]
-        assert "offline" in str(err.value) and "huggingface-cli download" in str(err.value)
+        assert "offline" in str(err.value) and "hf download" in str(err.value)
         assert "backbone.weights" in str(err.value)
     assert time.perf_counter() - start < 5
 
@@ -120,3 +120,9 @@ def test_a_checkpoint_that_does_not_fit_is_a_config_error(hub, tmp_path):
     with pytest.raises(ConfigError) as err:
         _build({"model": "no_such_model"})
     assert err.value.field == "backbone.model"
+
+
+@pytest.mark.parametrize("name", ["test_maxvit", "test_vit_relpos", "test_convnext"])
+def test_models_of_a_fixed_size_are_built_for_the_images(hub, name):
+    net = _build({"model": name}, shape=(1, 64, 64))  # native 160: MaxViT and relpos ViTs need img_size
+    assert net(torch.rand(2, 1, 64, 64)).shape == (2, net.out_features)

@@ -56,7 +56,7 @@ def not_cached(field: str, value: Any, repo: str, instead: str) -> ConfigError:
         value,
         f"weights in the Hugging Face cache {cache_dir()}, which lacks {repo} while the machine is offline "
         f"(HF_HUB_OFFLINE=1): run once on a machine online, or pre-fill the cache "
-        f"(huggingface-cli download {repo}), or {instead}",
+        f"(hf download {repo}, the huggingface_hub command), or {instead}",
     )
 
 

@@ -41,8 +41,9 @@ class TimmBackbone(PixelNormalised):
     ~/.cache/huggingface/hub); only what it lacks is downloaded, and only online: with
     HF_HUB_OFFLINE=1 a model that is not cached is a configuration error at once (fill the cache on
     a machine online, or set weights). Images in [0, 1] are normalised inside the model with the
-    mean and std of its config (grey images repeated to 3 channels); ViTs take any image size. Needs
-    pip install tuneddml[timm]."""
+    mean and std of its config (grey images repeated to 3 channels); any image size works (ViTs
+    interpolate their position embeddings, models of a fixed size such as MaxViT are built for the
+    trial's). Needs pip install tuneddml[timm]."""
 
     def __init__(
         self, *, item_shape: tuple[int, ...], model: str = "resnet18", pretrained: bool = False, weights: str = ""
@@ -55,7 +56,7 @@ class TimmBackbone(PixelNormalised):
         name, kwargs, state_file = locate(model, pretrained, weights)  # type: ignore[misc]
         field, value = ("backbone.weights", weights) if weights else ("backbone.model", model)
         try:
-            self.net = _create(timm, name, kwargs)
+            self.net = _create(timm, name, kwargs, (item_shape[1], item_shape[2]))
         except (RuntimeError, OSError, ValueError, KeyError) as exc:  # a checkpoint that does not fit
             raise ConfigError(field, value, f"weights for {model} ({first_lines(exc)})") from None
         if state_file is not None:
@@ -153,13 +154,16 @@ def _pretrained_file(timm: Any, model: str, download: bool) -> str | None:
     return None
 
 
-def _create(timm: Any, name: str, kwargs: dict[str, Any]) -> torch.nn.Module:
-    """``timm.create_model`` without a classifier; ViTs with ``dynamic_img_size`` (any input size)."""
-    try:
-        return timm.create_model(name, num_classes=0, dynamic_img_size=True, **kwargs)
-    except TypeError as exc:  # a model without patch embeddings (CNNs) takes no such argument
-        if "dynamic_img_size" not in str(exc):
-            raise
+def _create(timm: Any, name: str, kwargs: dict[str, Any], size: tuple[int, int]) -> torch.nn.Module:
+    """``timm.create_model`` without a classifier, for images of ``size``: ViTs with
+    ``dynamic_img_size`` (any size); models of a fixed size that cannot (MaxViT, CoAtNet, ViTs with
+    relative positions) built for ``size`` (timm resamples pretrained position tables); CNNs as they are."""
+    for extra in ({"dynamic_img_size": True}, {"img_size": size}):
+        try:
+            return timm.create_model(name, num_classes=0, **extra, **kwargs)
+        except TypeError as exc:  # the model takes no such argument
+            if next(iter(extra)) not in str(exc):
+                raise
     return timm.create_model(name, num_classes=0, **kwargs)
 
 
