@@ -163,8 +163,12 @@ class PixelNormalised(nn.Module):
     std: tuple[float, ...] | None = None
     input_size: int | None = None
 
-    def set_pixels(self, mean: Sequence[float], std: Sequence[float], input_size: int | None, channels: int) -> None:
-        if len(mean) != channels:  # a grey model described by RGB statistics: their average
+    def set_pixels(
+        self, mean: Sequence[float] | float, std: Sequence[float] | float, input_size: int | None, channels: int
+    ) -> None:
+        mean = (float(mean),) if isinstance(mean, (int, float)) else mean  # a processor's single value
+        std = (float(std),) if isinstance(std, (int, float)) else std
+        if len(mean) != channels:  # one value for all channels, or RGB statistics of a grey model: their mean
             mean = (sum(mean) / len(mean),) * channels
         if len(std) != channels:
             std = (sum(std) / len(std),) * channels

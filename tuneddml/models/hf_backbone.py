@@ -79,6 +79,9 @@ class HFBackbone(PixelNormalised):
         folder = locate(model)
         assert folder is not None
         family, config = _family(folder, model)
+        model_channels = int(config.get("num_channels", 3))
+        if channels not in (1, model_channels):
+            raise ConfigError("backbone.model", model, f"a model for {channels}-channel images")
         self.pooling = _pooling(family, pooling, model)
         self.tokens = family.tokens
         self.net = _load(family, folder, model, add_pooling_layer=self.pooling == "pooler")
@@ -87,12 +90,9 @@ class HFBackbone(PixelNormalised):
         std = processor.get("image_std") or family.std
         crop = processor.get("crop_size") if processor.get("do_center_crop", True) else None
         size = size_of(crop) or size_of(processor.get("size")) or size_of(config.get("image_size")) or 224
-        model_channels = int(config.get("num_channels", 3))
-        if channels not in (1, model_channels):
-            raise ConfigError("backbone.model", model, f"a model for {channels}-channel images")
         self.set_pixels(mean, std, size, model_channels)
-        sizes = config.get("hidden_sizes")
-        self.out_features = int(sizes[-1] if family.cls == "ResNetModel" else self.net.config.hidden_size)
+        net_config = self.net.config
+        self.out_features = int(net_config.hidden_sizes[-1] if family.cls == "ResNetModel" else net_config.hidden_size)
         # ViT and CLIP interpolate their position embeddings for other sizes only when asked
         self._forward_kwargs = {"interpolate_pos_encoding": True} if family.cls in ("ViTModel", "CLIPVisionModel") else {}
 

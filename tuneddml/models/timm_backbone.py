@@ -87,7 +87,10 @@ def locate(
         raise ConfigError("backbone.weights", weights, WEIGHTS_EXPECTED)
     if model.startswith(HF_HUB):
         if path is not None and path.is_dir():
-            raise ConfigError("backbone.weights", weights, f"a state-dict file with model={model} (or model unset)")
+            raise ConfigError(
+                "backbone.weights", weights, f"a state-dict file for {model} (a folder brings its own model: set backbone.model "
+                "to the timm name in its config.json)"
+            )
         folder = hub_folder(
             model[len(HF_HUB):],
             weights=WEIGHT_FILES if pretrained and path is None else None,
