@@ -1,9 +1,9 @@
-"""Backbones: a small CNN that trains on a CPU in minutes, an MLP for feature vectors, and timm
-models (only where timm is installed, weights only from a local file: never a download)."""
+"""Backbones trained from scratch: a small CNN that trains on a CPU in minutes and an MLP for
+feature vectors. They take their inputs as they come (no normalisation: ``mean``, ``std`` and
+``input_size`` are None); the pretrained ones are in :mod:`~tuneddml.models.timm_backbone` and
+:mod:`~tuneddml.models.hf_backbone`."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -20,6 +20,8 @@ def _conv_block(c_in: int, c_out: int) -> list[nn.Module]:
 class SmallCNN(nn.Module):
     """A VGG-style CNN: ``depth`` stages of two 3x3 conv-BN-ReLU and a 2x2 max-pool, channels
     doubling from ``width``, then global average pooling. Sized for 32x32 glyphs on a CPU."""
+
+    mean = std = input_size = None  # inputs as they come
 
     def __init__(self, *, item_shape: tuple[int, ...], width: int = 16, depth: int = 3) -> None:
         super().__init__()
@@ -44,6 +46,8 @@ class MLP(nn.Module):
     """For feature-vector data (e.g. a Parquet table of precomputed features): ``layers`` hidden
     layers of ``hidden`` units with ReLU (0 layers: the identity, so the head is a linear map)."""
 
+    mean = std = input_size = None
+
     def __init__(self, *, item_shape: tuple[int, ...], hidden: int = 512, layers: int = 1) -> None:
         super().__init__()
         if len(item_shape) != 1:
@@ -55,39 +59,6 @@ class MLP(nn.Module):
             width = hidden
         self.net = nn.Sequential(*blocks)
         self.out_features = width
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-@BACKBONES.register("timm", runtime=("item_shape",))
-class TimmBackbone(nn.Module):
-    """Any timm model by name (``model``), without its classifier. Weights come only from a local
-    file (``weights``, a state dict saved with ``torch.save``); empty means random initialisation.
-    Needs the optional extra ``pip install tuneddml[timm]``."""
-
-    def __init__(self, *, item_shape: tuple[int, ...], model: str = "resnet18", weights: str = "") -> None:
-        super().__init__()
-        try:
-            import timm
-        except ImportError:
-            raise ConfigError(
-                "backbone", "timm", "an installed timm (pip install 'tuneddml[timm]')"
-            ) from None
-        if model not in timm.list_models():
-            raise ConfigError("backbone.model", model, "a model name from timm.list_models()")
-        self.net = timm.create_model(model, pretrained=False, num_classes=0, in_chans=item_shape[0])
-        if weights:
-            path = Path(weights)
-            if not path.is_file():
-                raise ConfigError("backbone.weights", weights, "an existing local state-dict file")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            missing, _unexpected = self.net.load_state_dict(state, strict=False)
-            if missing:
-                raise ConfigError(
-                    "backbone.weights", weights, f"a state dict for {model} (missing {missing[:3]})"
-                )
-        self.out_features = int(self.net.num_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from tuneddml.registry import Registry
 
@@ -19,12 +20,34 @@ BACKBONES: Registry[nn.Module] = Registry("backbone")
 
 class Embedder(nn.Module):
     """``backbone`` (any module returning ``[B, F]`` features with an ``out_features`` attribute)
-    followed by a linear head to ``embedding_size``."""
+    followed by a linear head to ``embedding_size``.
 
-    def __init__(self, backbone: nn.Module, embedding_size: int) -> None:
+    ``freeze_bn``: every batch-norm layer keeps its running statistics and its
+    affine weights, as fine-tuning a pretrained backbone on small batches of few classes usually
+    wants: the layers stay in eval mode when the model is put in train mode, and their weights do
+    not take gradients (so no optimiser changes them)."""
+
+    def __init__(self, backbone: nn.Module, embedding_size: int, freeze_bn: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(int(backbone.out_features), embedding_size)  # type: ignore[arg-type]
+        self.freeze_bn = bool(freeze_bn)
+        if self.freeze_bn:
+            for layer in self._batch_norms():
+                for p in layer.parameters(recurse=False):
+                    p.requires_grad_(False)
+            self.train(self.training)
+
+    def _batch_norms(self) -> list[_BatchNorm]:
+        """BatchNorm1d/2d/3d, SyncBatchNorm, lazy ones and subclasses (timm's BatchNormAct2d)."""
+        return [m for m in self.modules() if isinstance(m, _BatchNorm)]
+
+    def train(self, mode: bool = True) -> Embedder:
+        super().train(mode)
+        if self.freeze_bn and mode:
+            for layer in self._batch_norms():
+                layer.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
@@ -39,10 +62,17 @@ def build_model(
     freeze_bn: bool = False,
 ) -> Embedder:
     """Build ``backbone`` for items of ``item_shape`` (``(C, H, W)`` images or ``(D,)`` vectors);
-    ``freeze_bn``: its BatchNorm layers' affine parameters get no gradient."""
+    ``freeze_bn``: see :class:`Embedder`."""
     net = BACKBONES.build(backbone, params or {}, field="backbone", item_shape=item_shape)
-    if freeze_bn:  # placeholder until the models branch's freeze_bn is merged
-        for module in net.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.requires_grad_(False)
-    return Embedder(net, embedding_size)
+    return Embedder(net, embedding_size, freeze_bn=freeze_bn)
+
+
+def check_backbone(backbone: str, params: Mapping[str, Any] | None) -> None:
+    """Before anything runs: a ConfigError for pretrained weights the trials will not find (offline
+    and not in the hub cache, a missing local file). Validates ``params``; builds nothing and
+    downloads nothing, so it is cheap where the backbone has no ``check`` (small_cnn, mlp)."""
+    entry = BACKBONES.available(backbone, "backbone")
+    checked = BACKBONES.validate(backbone, params or {}, "backbone")
+    check = getattr(entry.factory, "check", None)
+    if check is not None:
+        check(**checked)
