@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.models.helpers import fill_cache, same_weights
-from tuneddml.config import TrialConfig
+from tuneddml.config import TrialConfig, split_backbone_params
 from tuneddml.errors import ConfigError
 from tuneddml.models import BACKBONES, build_model, check_backbone
 
@@ -63,7 +63,7 @@ def test_a_saved_folder_brings_weights_and_preprocessing(hub, tmp_path, family):
     model, cls = _tiny(family)
     folder = _save(model, tmp_path / family, {"image_mean": MEAN, "image_std": STD, "size": {"height": 40, "width": 40}})
     config = TrialConfig.from_flat({"backbone": "hf", "backbone.model": str(folder)})
-    embedder = build_model(config.backbone, config.backbone_params, item_shape=(3, 32, 32), embedding_size=8).eval()
+    embedder = build_model(config.backbone, split_backbone_params(config.backbone_params)[0], item_shape=(3, 32, 32), embedding_size=8).eval()
     net = embedder.backbone
     reference = _reference(cls, folder)
     same_weights(reference.state_dict(), net.net.state_dict(), skip=("pooler.",) if family == "vit" else ())

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.models.helpers import fill_cache, same_weights
-from tuneddml.config import TrialConfig
+from tuneddml.config import TrialConfig, split_backbone_params
 from tuneddml.errors import ConfigError
 from tuneddml.models import BACKBONES, build_model, check_backbone
 
@@ -48,7 +48,7 @@ def test_a_save_for_hf_folder_brings_weights_and_preprocessing(hub, tmp_path):
     source = _net("test_vit", num_classes=0, dynamic_img_size=True)
     timm.models.save_for_hf(source, tmp_path / "vit", safe_serialization=True, data_config={"mean": MEAN, "std": STD})
     config = TrialConfig.from_flat({"backbone": "timm", "backbone.model": "test_vit", "backbone.weights": str(tmp_path / "vit")})
-    model = build_model(config.backbone, config.backbone_params, item_shape=(3, 32, 32), embedding_size=8).eval()
+    model = build_model(config.backbone, split_backbone_params(config.backbone_params)[0], item_shape=(3, 32, 32), embedding_size=8).eval()
     net = model.backbone
     same_weights(source.state_dict(), net.net.state_dict())
     assert net.mean == MEAN and net.std == STD

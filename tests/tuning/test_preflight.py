@@ -86,6 +86,10 @@ CASES = {
     "pml margin below 0": (["--space={root}/pml_margin.yaml"], "loss.margin"),
     "pml count searched as a float": (["--space={root}/pml_triplets.yaml"], "triplets_per_anchor"),
     "loss built where the data is not cheap to load": (["--space={root}/pml_unloaded.yaml"], "triplets_per_anchor"),
+    "backbone weights file missing": (
+        ["backbone=timm", "backbone.model=test_resnet", "backbone.weights=/nonexistent/w.safetensors"],
+        "backbone.weights",
+    ),
 }
 
 
@@ -106,6 +110,22 @@ def test_bad_input_is_refused_before_anything_starts(workdir, files, capsys, cas
     assert "secret" not in err[0]
     assert not ray.is_initialized()
     assert os.listdir(workdir) == []  # no mlflow.db, no tuneddml_runs, no mlruns
+
+
+def test_pretrained_weights_offline_and_not_cached_are_refused_before_anything_starts(
+    workdir, tmp_path, capsys, monkeypatch
+):
+    import ray
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--space=quick", "backbone=hf", "backbone.model=facebook/dinov2-small"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: backbone.model") and "facebook/dinov2-small" in line, line
+    assert not ray.is_initialized() and os.listdir(workdir) == []
 
 
 def _recorded_search(storage, tracking_uri, **changes):

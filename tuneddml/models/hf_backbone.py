@@ -64,8 +64,7 @@ class HFBackbone(PixelNormalised):
     model's pooled output) or auto: cls for DINOv2 and ViT, pooler for ResNet and CLIP. Images in
     [0, 1] are normalised inside the model with the image_mean and image_std of its
     preprocessor_config.json, else its family's (ImageNet's for DINOv2 and ResNet, 0.5 for ViT,
-    CLIP's for CLIP); grey images are repeated to 3 channels; any image size works. Needs pip
-    install tuneddml[hf]."""
+    CLIP's for CLIP); grey images are repeated to 3 channels; any image size works."""
 
     def __init__(
         self,

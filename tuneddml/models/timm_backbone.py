@@ -25,10 +25,7 @@ from tuneddml.models.embedder import BACKBONES
 
 HF_HUB = "hf-hub:"
 INSTEAD = "set backbone.weights to a local state-dict file or folder"
-WEIGHTS_EXPECTED = (
-    "an existing state-dict file (.pth, .pt, .safetensors) or a folder holding config.json and "
-    "model.safetensors or pytorch_model.bin (timm.models.save_for_hf)"
-)
+WEIGHTS_EXPECTED = "a state-dict file (.pth, .pt, .safetensors) or a timm.models.save_for_hf folder"
 
 
 class TimmBackbone(PixelNormalised):
@@ -43,7 +40,7 @@ class TimmBackbone(PixelNormalised):
     a machine online, or set weights). Images in [0, 1] are normalised inside the model with the
     mean and std of its config (grey images repeated to 3 channels); any image size works (ViTs
     interpolate their position embeddings, models of a fixed size such as MaxViT are built for the
-    trial's). Needs pip install tuneddml[timm]."""
+    trial's)."""
 
     def __init__(
         self, *, item_shape: tuple[int, ...], model: str = "resnet18", pretrained: bool = False, weights: str = ""

@@ -5,7 +5,8 @@
 without its model and its training: the dataset (its folder and layout, a few images decoded), the
 class-disjoint split, the batch sampler's ``check`` against the class sizes and the batch size, and
 the loss with its miner (and the embedding augmenter) built on the CPU, whose term names a
-``metric: loss/<term>`` must name. Each distinct dataset is loaded once; a glyph dataset that would
+``metric: loss/<term>`` must name, and the backbone's weights (a local file or folder, or the hub
+cache when offline: :func:`~tuneddml.models.check_backbone`, which builds and downloads nothing). Each distinct dataset is loaded once; a glyph dataset that would
 need rendering is skipped (see :func:`tuneddml.data.probe.probe_dataset`). No Ray, no MLflow.
 """
 
@@ -24,9 +25,10 @@ def check_trials(space: Any, fixed: Mapping[str, Any], *, cluster: bool = False)
     ``data_root`` this machine has not: a data folder missing here is then left to the trials."""
     from pathlib import Path
 
-    from tuneddml.config import DATASET_RUNTIME, TrialConfig
+    from tuneddml.config import DATASET_RUNTIME, TrialConfig, split_backbone_params
     from tuneddml.data.probe import check_sample, probe_dataset
     from tuneddml.data.splits import make_split
+    from tuneddml.models import check_backbone
     from tuneddml.results.schema import TERM
     from tuneddml.sampling import SAMPLERS
     from tuneddml.training.loop import build_loss_parts
@@ -34,12 +36,17 @@ def check_trials(space: Any, fixed: Mapping[str, Any], *, cluster: bool = False)
     loaded: dict[str, Any] = {}
     splits: dict[str, Any] = {}
     checked: set[str] = set()  # sampler settings checked on a split
+    weights: set[str] = set()  # backbones checked
     start = space.config_of(space.start_point())
     for point in space.representative_configs():
         config = TrialConfig.from_flat({**fixed, **point})
         differs = {k: v for k, v in point.items() if start.get(k) != v}
         at = ", ".join(f"{k}={v}" for k, v in differs.items())  # empty at the start point
         try:
+            backbone = repr((config.backbone, sorted(config.backbone_params.items())))
+            if backbone not in weights and not cluster:  # a cluster's nodes may hold weights this machine has not
+                check_backbone(config.backbone, split_backbone_params(config.backbone_params)[0])
+                weights.add(backbone)
             runtime = {arg: getattr(config, top) for arg, top in DATASET_RUNTIME.items()}
             data_key = repr((config.dataset, sorted(config.dataset_params.items()), runtime))
             elsewhere = cluster and config.data_root and not Path(config.data_root).expanduser().exists()
