@@ -127,7 +127,7 @@ def test_a_datasets_own_image_size_applies_unless_the_trial_sets_one(folder):
         assert config.image_size == size
         data = DATASETS.build("imagefolder", {}, root=str(folder), image_size=config.image_size)
         pipeline = InputPipeline({"train": data.train}, augmentation="natural", seed=0, device=CPU, workers=0)
-        indices, x = next(pipeline.train([np.array([0, 1, 2])], 1, torch.Generator()))
+        _, x = next(pipeline.train([np.array([0, 1, 2])], 1, torch.Generator()))
         assert x.shape == (3, 3, size, size) and x.dtype == torch.float32
         assert data.train.load(np.array([0])).shape == (1, 3, size, size)
 
