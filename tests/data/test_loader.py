@@ -225,6 +225,7 @@ def test_a_trainer_gives_the_same_run_with_workers_and_after_a_resume(folder, tm
         "batch_size": 6,
         "sampler.samples_per_class": 2,
         "eval_nmi": False,
+        "eval_ap": False,
     }
 
     def outcome(trainer: Trainer) -> list:
@@ -234,8 +235,11 @@ def test_a_trainer_gives_the_same_run_with_workers_and_after_a_resume(folder, tm
     serial = outcome(Trainer(TrialConfig.from_flat({**flat, "workers": 0})))
     with_workers = Trainer(TrialConfig.from_flat({**flat, "workers": 2}))
     assert outcome(with_workers) == serial
-    assert with_workers.inputs._loader is not None
+    assert with_workers.inputs._loader is not None and not with_workers.inputs.in_order
     with_workers.inputs.close()
+    # a sampler that reads the embeddings (observe) gets its batches in order, without look-ahead
+    adaptive = Trainer(TrialConfig.from_flat({**flat, "workers": 2, "sampler": "class_representatives"}))
+    assert adaptive.inputs.in_order
     # one epoch, a checkpoint, a new trainer that resumes: the uninterrupted run's numbers
     first = Trainer(TrialConfig.from_flat({**flat, "workers": 0, "epochs": 1}))
     first.run()
