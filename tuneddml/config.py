@@ -48,6 +48,7 @@ class TrialConfig:
     num_folds: int = 4
     fold: int = 0
     fold_seed: int = 0  # partition of the training classes into folds: the same for every trial of a search
+    workers: int | None = None  # image-decoding processes for file-backed sets; None: min(8, CPUs - 1), 0 in memory
     # model
     backbone: str = "small_cnn"
     embedding_size: int = 64
@@ -340,6 +341,7 @@ _TOP_SPECS = param_specs(
         "epochs": "[1, 100000]",
         "steps_per_epoch": "[1, 10000000]",
         "threads": "[1, 1024]",
+        "workers": "[0, 256]",
         "eval_batch_size": "[1, 1000000]",
         "seed": SEED_RANGE,
         "fold_seed": SEED_RANGE,

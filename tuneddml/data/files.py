@@ -1,7 +1,9 @@
 """Images read from disk (or from encoded bytes) at load time, and checks of a dataset's files.
 
 :class:`FileItems` keeps only the paths (or the encoded bytes, for images stored in a table) and
-decodes a batch when it is loaded (:func:`tuneddml.data.transforms.decode_image`). Loaders call
+decodes an image when it is read: :meth:`FileItems.view` gives one image's evaluation or training
+view (:mod:`tuneddml.data.transforms`), :meth:`FileItems.load` a batch of evaluation views (the
+trainer reads them through :mod:`tuneddml.data.loader`, in worker processes). Loaders call
 :func:`check_images` first, so that a missing or unreadable image stops the trial with a
 :class:`~tuneddml.errors.ConfigError` naming the file before any training starts.
 """
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tuneddml.data.transforms import decode_image
+from tuneddml.data.transforms import eval_view, train_view
 from tuneddml.errors import ConfigError
 
 Source = str | os.PathLike[str] | bytes
@@ -27,7 +29,7 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError
 
 
 class FileItems:
-    """Images given by path (or encoded bytes), decoded on load to RGB ``[B, 3, S, S]`` in [0, 1].
+    """Images given by path (or encoded bytes), decoded when read; ``S`` = ``image_size``.
 
     ``field`` names the configuration field blamed if an image turns out unreadable at load time.
     """
@@ -51,17 +53,23 @@ class FileItems:
     def item_shape(self) -> tuple[int, ...]:
         return (3, self.image_size, self.image_size)
 
+    def view(self, index: int, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Item ``index`` as uint8 ``[S, S, 3]``: the evaluation view, or with ``rng`` the training
+        view (random resized crop and flip). An unreadable image is a ConfigError naming it."""
+        source = self.paths[int(index)]
+        try:
+            return eval_view(source, self.image_size) if rng is None else train_view(source, self.image_size, rng)
+        except _DECODE_ERRORS as exc:
+            raise ConfigError(
+                self.field, _describe(source, int(index)), f"a readable image ({_reason(exc, source)})"
+            ) from None
+
     def load(self, indices: np.ndarray) -> torch.Tensor:
-        out = torch.empty(len(indices), *self.item_shape)
-        for row, i in enumerate(np.asarray(indices).reshape(-1)):
-            source = self.paths[int(i)]
-            try:
-                out[row] = decode_image(source, self.image_size)
-            except _DECODE_ERRORS as exc:
-                raise ConfigError(
-                    self.field, _describe(source, int(i)), f"a readable image ({_reason(exc, source)})"
-                ) from None
-        return out
+        """Evaluation views, RGB ``[B, 3, S, S]`` floats in [0, 1]."""
+        views = [self.view(int(i)) for i in np.asarray(indices).reshape(-1)]
+        if not views:
+            return torch.empty(0, *self.item_shape)
+        return torch.from_numpy(np.stack(views)).permute(0, 3, 1, 2).float().div_(255.0)
 
     def subset(self, indices: np.ndarray) -> FileItems:
         indices = np.asarray(indices).reshape(-1)

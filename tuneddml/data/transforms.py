@@ -11,8 +11,20 @@ output coordinates ``u`` in ``[-1, 1]^2`` to input coordinates ``A u + t``.
   DML recipe) plus a horizontal flip with probability 1/2.
 - ``"none"``: the batch unchanged.
 
-:func:`decode_image` is the evaluation-time decode of file-backed sets: RGB, shorter side resized
-to ``size``, centre crop ``size x size``, floats in [0, 1].
+The views of a file-backed image (:class:`tuneddml.data.files.FileItems`), made per image with
+Pillow (the usual DML recipe, at ``resize = resize_size(S) = round(S * 256 / 224)`` for the trial's
+``image_size`` S):
+
+- evaluation (:func:`eval_view`): decode (JPEG: at a reduced DCT scale still at least ``resize``,
+  Pillow's ``draft``), resize the shorter side to ``resize``, centre crop ``S x S``;
+- training (:func:`train_view`): the same decode and resize, then a random resized crop
+  (:func:`crop_box`: area a fraction in ``CROP_AREA`` of the resized image's, aspect ratio in
+  ``CROP_RATIO``, in pixels) scaled to ``S x S``, and a horizontal flip with probability 1/2. Its
+  five random numbers come from the caller's generator, so a sample's crop does not depend on
+  which process decodes it (see :mod:`tuneddml.data.loader`). This replaces ``"natural"``
+  :func:`augment` for file-backed sets; in-memory sets keep :func:`augment` on batches.
+
+Both give uint8 ``[S, S, 3]`` arrays; :func:`decode_image` is the evaluation view as floats.
 """
 
 from __future__ import annotations
@@ -84,20 +96,76 @@ def _crop_maps(n: int, generator: torch.Generator) -> torch.Tensor:
     return theta.float()
 
 
-def decode_image(source: str | os.PathLike[str] | bytes, size: int) -> torch.Tensor:
-    """``[3, size, size]`` float tensor in [0, 1]: RGB, shorter side resized, centre-cropped.
+#: the side the shorter side of a file-backed image is resized to, per side of the crop
+RESIZE_RATIO = 256 / 224
+
+
+def resize_size(image_size: int) -> int:
+    """The shorter side an image is resized to before its ``image_size`` crop (256 for 224)."""
+    return round(image_size * RESIZE_RATIO)
+
+
+def open_rgb(source: str | os.PathLike[str] | bytes, side: int) -> Image.Image:
+    """The image as RGB, decoded (JPEG: at the smallest DCT scale whose sides are still >= ``side``).
 
     Raises ``OSError`` (or ``SyntaxError``/``ValueError`` from Pillow) on an unreadable image.
     """
-    opened = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-    with opened as image:
-        image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale that is still >= size
-        image = image.convert("RGB")
-        width, height = image.size
-        side = min(width, height)
-        left, top = (width - side) / 2, (height - side) / 2
-        image = image.resize(
-            (size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side)
-        )
-        array = np.asarray(image)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+        image.draft("RGB", (side, side))
+        return image.convert("RGB")
+
+
+def shorter_side_to(image: Image.Image, side: int) -> Image.Image:
+    """``image`` resized (bilinear) so that its shorter side is ``side``, the aspect ratio kept
+    (the longer side rounded to the nearest pixel)."""
+    width, height = image.size
+    if width <= height:
+        size = (side, max(1, round(height * side / width)))
+    else:
+        size = (max(1, round(width * side / height)), side)
+    return image if size == image.size else image.resize(size, Image.Resampling.BILINEAR)
+
+
+def eval_view(source: str | os.PathLike[str] | bytes, size: int) -> np.ndarray:
+    """uint8 ``[size, size, 3]``: shorter side resized to ``resize_size(size)``, centre crop
+    (left ``(W - size) // 2``, top ``(H - size) // 2`` of the resized ``W x H``)."""
+    side = resize_size(size)
+    image = shorter_side_to(open_rgb(source, side), side)
+    width, height = image.size
+    left, top = (width - size) // 2, (height - size) // 2
+    return np.asarray(image.crop((left, top, left + size, top + size)))
+
+
+def crop_box(width: int, height: int, u: np.ndarray) -> tuple[float, float, float, float]:
+    """The random resized crop of a ``width x height`` image from four uniforms in [0, 1):
+    ``(left, top, right, bottom)`` in pixels. Area ``a * W * H`` with ``a`` in ``CROP_AREA``
+    (``u[0]``), aspect ratio ``r`` log-uniform in ``CROP_RATIO`` (``u[1]``): width
+    ``min(W, sqrt(a W H r))``, height ``min(H, sqrt(a W H / r))``; position ``u[2]``, ``u[3]``."""
+    area = (CROP_AREA[0] + (CROP_AREA[1] - CROP_AREA[0]) * u[0]) * width * height
+    low, high = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
+    ratio = math.exp(low + (high - low) * u[1])
+    w = min(float(width), math.sqrt(area * ratio))
+    h = min(float(height), math.sqrt(area / ratio))
+    left, top = (width - w) * u[2], (height - h) * u[3]
+    return (left, top, left + w, top + h)
+
+
+def train_view(source: str | os.PathLike[str] | bytes, size: int, rng: np.random.Generator) -> np.ndarray:
+    """uint8 ``[size, size, 3]``: resized like :func:`eval_view`, then a random resized crop
+    (:func:`crop_box`, from ``rng.random(5)[:4]``) scaled to ``size`` and flipped left-right when
+    the fifth number is below 1/2."""
+    side = resize_size(size)
+    image = shorter_side_to(open_rgb(source, side), side)
+    u = rng.random(5)
+    out = image.resize((size, size), Image.Resampling.BILINEAR, box=crop_box(*image.size, u))
+    if u[4] < 0.5:
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.asarray(out)
+
+
+def decode_image(source: str | os.PathLike[str] | bytes, size: int) -> torch.Tensor:
+    """The evaluation view (:func:`eval_view`) as a ``[3, size, size]`` float tensor in [0, 1].
+
+    Raises ``OSError`` (or ``SyntaxError``/``ValueError`` from Pillow) on an unreadable image.
+    """
+    return torch.from_numpy(eval_view(source, size).copy()).permute(2, 0, 1).float().div_(255.0)

@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,23 @@ class Trainer:
         dtype = optimisation.autocast_dtype(self.config, self.device)
         return nullcontext() if dtype is None else torch.autocast("cuda", dtype=dtype)
 
+    @cached_property
+    def inputs(self) -> Any:
+        """The input pipeline (:class:`tuneddml.data.loader.InputPipeline`), built on first use."""
+        from tuneddml.data.loader import InputPipeline
+        from tuneddml.sampling.base import BatchSampler
+
+        parts = {"train": self.data.train, "query": self.data.query, "gallery": self.data.gallery}
+        return InputPipeline(
+            parts,
+            augmentation=self.data.augmentation,
+            seed=self.config.seed,
+            device=self.device,
+            workers=self.config.workers,
+            threads=self.config.threads,
+            in_order=type(self.sampler).observe is not BatchSampler.observe,  # adapts to the model
+        )
+
     def _train_batches(self) -> Iterator[np.ndarray]:
         labels = self.data.train.labels
         steps = self.config.steps_per_epoch
@@ -156,8 +174,6 @@ class Trainer:
 
     # -- one epoch -----------------------------------------------------------------------
     def train_epoch(self) -> dict[str, float]:
-        from tuneddml.data.transforms import augment
-
         epoch = self.epoch + 1
         self.model.train()
         self.loss.train()
@@ -169,11 +185,8 @@ class Trainer:
         sums: dict[str, float] = {}
         steps = 0
         train = self.data.train
-        for step, indices in enumerate(self._train_batches(), start=1):
-            x = train.load(indices)
-            if train.kind == "image":
-                x = augment(x, self.data.augmentation, self.generator)
-            x = x.to(self.device, non_blocking=True)
+        batches = self.inputs.train(self._train_batches(), epoch, self.generator)
+        for step, (indices, x) in enumerate(batches, start=1):
             y = torch.from_numpy(train.labels[indices]).to(self.device)
             with self._autocast():
                 emb = self.model(x)
@@ -221,8 +234,7 @@ class Trainer:
         order = np.arange(len(items)) if indices is None else np.asarray(indices)
         out = []
         bs = self.config.eval_batch_size
-        for start in range(0, len(order), bs):
-            x = items.load(order[start : start + bs]).to(self.device)
+        for x in self.inputs.eval(items, order, bs):
             with self._autocast():
                 out.append(F.normalize(self.model(x).float(), dim=1).cpu())
         self.model.train(was_training)
