@@ -44,6 +44,7 @@ class TrialConfig:
     dataset: str = "glyphs"
     data_root: str | None = None  # folder of a benchmark / cache folder for glyphs
     image_size: int | None = None  # None: the dataset's own (glyphs 32, the photo benchmarks 224)
+    resize_size: int | None = None  # file-backed images: shorter side before the crop; None: image_size * 256/224
     split: Literal["val", "test"] = "val"  # val: a class-disjoint fold of the training classes
     num_folds: int = 4
     fold: int = 0
@@ -162,6 +163,8 @@ class TrialConfig:
             raise ConfigError(
                 "sampler.samples_per_class", k, f"at most batch_size/2 = {self.batch_size // 2}: a batch needs two classes or more"
             )
+        if self.resize_size is not None and self.image_size is not None and self.resize_size < self.image_size:
+            raise ConfigError("resize_size", self.resize_size, f"at least image_size={self.image_size} (the crop)")
         if not 0 <= self.fold < self.num_folds:
             raise ConfigError("fold", self.fold, f"an integer in [0, num_folds={self.num_folds})")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
@@ -342,6 +345,7 @@ _TOP_SPECS = param_specs(
         "steps_per_epoch": "[1, 10000000]",
         "threads": "[1, 1024]",
         "workers": "[0, 256]",
+        "resize_size": "[8, 4096]",
         "eval_batch_size": "[1, 1000000]",
         "seed": SEED_RANGE,
         "fold_seed": SEED_RANGE,

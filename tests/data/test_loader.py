@@ -87,6 +87,19 @@ def test_eval_view_resizes_the_shorter_side_then_centre_crops(tmp_path):
     np.testing.assert_array_equal(eval_view(tmp_path / "tall.png", size), tall)
 
 
+def test_a_trials_resize_size_replaces_the_256_224_rule(tmp_path):
+    _gradient(80, 60).save(tmp_path / "g.png")
+    # resize 40 instead of resize_size(28) = 32: 80x60 -> 53x40, centre crop 28x28 at (12, 6)
+    reference = np.asarray(_gradient(80, 60).resize((53, 40), Image.Resampling.BILINEAR).crop((12, 6, 40, 34)))
+    items = FileItems([tmp_path / "g.png"], np.zeros(1), 28).resized(40)
+    np.testing.assert_array_equal(items.view(0), reference)
+    np.testing.assert_array_equal(items.subset(np.array([0])).view(0), reference)  # a fold keeps it
+    assert not np.array_equal(FileItems([tmp_path / "g.png"], np.zeros(1), 28).view(0), reference)
+    with pytest.raises(ConfigError) as info:  # a crop larger than the resized image
+        TrialConfig.from_flat({"dataset": "cub200", "image_size": 227, "resize_size": 200})
+    assert info.value.field == "resize_size" and "227" in info.value.expected
+
+
 def test_train_view_crops_the_resized_image_to_the_train_size_and_flips(tmp_path):
     _gradient(80, 60).save(tmp_path / "g.png")
     resized = _gradient(80, 60).resize((43, 32), Image.Resampling.BILINEAR)  # decoded at resize 32

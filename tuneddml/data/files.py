@@ -37,13 +37,20 @@ class FileItems:
     kind: Literal["image", "vector"] = "image"
 
     def __init__(
-        self, paths: Sequence[Source], labels: np.ndarray, image_size: int, *, field: str = "data_root"
+        self,
+        paths: Sequence[Source],
+        labels: np.ndarray,
+        image_size: int,
+        *,
+        field: str = "data_root",
+        resize: int | None = None,
     ) -> None:
         if len(paths) != len(labels):
             raise ValueError(f"{len(paths)} images but {len(labels)} labels")
         self.paths = list(paths)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.image_size = image_size
+        self.resize = resize  # the shorter side before the crop; None: resize_size(image_size)
         self.field = field
 
     def __len__(self) -> int:
@@ -58,7 +65,9 @@ class FileItems:
         view (random resized crop and flip). An unreadable image is a ConfigError naming it."""
         source = self.paths[int(index)]
         try:
-            return eval_view(source, self.image_size) if rng is None else train_view(source, self.image_size, rng)
+            if rng is None:
+                return eval_view(source, self.image_size, self.resize)
+            return train_view(source, self.image_size, rng, self.resize)
         except _DECODE_ERRORS as exc:
             raise ConfigError(
                 self.field, _describe(source, int(index)), f"a readable image ({_reason(exc, source)})"
@@ -74,8 +83,16 @@ class FileItems:
     def subset(self, indices: np.ndarray) -> FileItems:
         indices = np.asarray(indices).reshape(-1)
         return FileItems(
-            [self.paths[int(i)] for i in indices], self.labels[indices], self.image_size, field=self.field
+            [self.paths[int(i)] for i in indices],
+            self.labels[indices],
+            self.image_size,
+            field=self.field,
+            resize=self.resize,
         )
+
+    def resized(self, side: int | None) -> FileItems:
+        """These items resized to ``side`` before the crop (None: ``resize_size(image_size)``)."""
+        return FileItems(self.paths, self.labels, self.image_size, field=self.field, resize=side)
 
 
 def _describe(source: Source, index: int) -> str:

@@ -12,8 +12,9 @@ Training labels are remapped to 0..C-1, since proxy losses index a ``[C, D]`` pa
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -30,6 +31,16 @@ class TrialData:
     gallery: ItemSet | None
     num_train_classes: int
     augmentation: Literal["glyph", "natural", "none"]
+
+    def resized(self, side: int | None) -> TrialData:
+        """File-backed images resized to ``side`` before their crop (``resize_size``); items held
+        in memory (glyphs, vectors) are left as they are."""
+        from tuneddml.data.files import FileItems
+
+        def part(items: Any) -> Any:
+            return items.resized(side) if isinstance(items, FileItems) else items
+
+        return dataclasses.replace(self, train=part(self.train), query=part(self.query), gallery=part(self.gallery))
 
 
 def remap_labels(labels: np.ndarray) -> np.ndarray:

@@ -126,10 +126,10 @@ def shorter_side_to(image: Image.Image, side: int) -> Image.Image:
     return image if size == image.size else image.resize(size, Image.Resampling.BILINEAR)
 
 
-def eval_view(source: str | os.PathLike[str] | bytes, size: int) -> np.ndarray:
-    """uint8 ``[size, size, 3]``: shorter side resized to ``resize_size(size)``, centre crop
-    (left ``(W - size) // 2``, top ``(H - size) // 2`` of the resized ``W x H``)."""
-    side = resize_size(size)
+def eval_view(source: str | os.PathLike[str] | bytes, size: int, side: int | None = None) -> np.ndarray:
+    """uint8 ``[size, size, 3]``: shorter side resized to ``side`` (default ``resize_size(size)``),
+    centre crop (left ``(W - size) // 2``, top ``(H - size) // 2`` of the resized ``W x H``)."""
+    side = side or resize_size(size)
     image = shorter_side_to(open_rgb(source, side), side)
     width, height = image.size
     left, top = (width - size) // 2, (height - size) // 2
@@ -150,11 +150,13 @@ def crop_box(width: int, height: int, u: np.ndarray) -> tuple[float, float, floa
     return (left, top, left + w, top + h)
 
 
-def train_view(source: str | os.PathLike[str] | bytes, size: int, rng: np.random.Generator) -> np.ndarray:
+def train_view(
+    source: str | os.PathLike[str] | bytes, size: int, rng: np.random.Generator, side: int | None = None
+) -> np.ndarray:
     """uint8 ``[size, size, 3]``: resized like :func:`eval_view`, then a random resized crop
     (:func:`crop_box`, from ``rng.random(5)[:4]``) scaled to ``size`` and flipped left-right when
     the fifth number is below 1/2."""
-    side = resize_size(size)
+    side = side or resize_size(size)
     image = shorter_side_to(open_rgb(source, side), side)
     u = rng.random(5)
     out = image.resize((size, size), Image.Resampling.BILINEAR, box=crop_box(*image.size, u))

@@ -98,6 +98,8 @@ class Trainer:
         self.data = make_split(
             dataset, split=config.split, num_folds=config.num_folds, fold=config.fold, seed=config.fold_seed
         )
+        if config.resize_size is not None:
+            self.data = self.data.resized(config.resize_size)
         self.sampler = SAMPLERS.build(config.sampler, config.sampler_params, field="sampler")
         self.sampler.check(self.data.train.labels, config.batch_size)
 
