@@ -134,9 +134,9 @@ class TorchKnn:
     Memory per chunk is ``rows x len(gallery)`` float32 similarities, ``rows`` being
     ``chunk_size`` or fewer, so that they stay within ``max_chunk_mb`` (default 512 MiB; a gallery
     of 120,000 still takes the whole 1,024 queries at a time: 469 MiB; the gallery, 234 MiB at 512
-    dimensions, and the queries, the same array in leave-one-out, come on top). ``device`` may be a CUDA device,
-    where the matrix products run in full float32 (no TF32), so results agree with the CPU's;
-    they come back as numpy arrays on the CPU.
+    dimensions, and the queries, the same array in leave-one-out, come on top). ``device`` may be a
+    CUDA device, where the matrix products run in full float32 (no TF32), so results agree with
+    the CPU's up to rounding; they come back as numpy arrays on the CPU.
     """
 
     def __init__(
