@@ -56,7 +56,10 @@ class Report:
         self.rows: list[tuple[str, str, str, str]] = []
 
     def add(self, phase: str, figure: str, value: Any, note: str = "") -> None:
-        text = f"{value:,.1f}" if isinstance(value, float) else str(value)
+        if isinstance(value, float):  # three significant digits below 100 (0.254 s), else 1,234.5
+            text = f"{value:.3g}" if abs(value) < 100 else f"{value:,.1f}"
+        else:
+            text = str(value)
         self.rows.append((phase, figure, text, note))
         print(f"[{phase}] {figure}: {text} {note}".rstrip(), flush=True)
         self.write()
@@ -508,8 +511,11 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
 
+        rates: dict[str, float] = {}
+
         def loader() -> None:
             rate, n = loader_rate(root, size, 16 if smoke else 64, budget)
+            rates["loader"] = rate
             report.add(
                 "loader", "images/s, FileItems.load + augment (1 process)", rate, f"{n} images at {size} px"
             )
@@ -545,6 +551,13 @@ def main(argv: list[str] | None = None) -> int:
                     f"{how}, batch {16 if smoke else 64}, {out['steps']} steps, loss finite: {out['finite']}",
                 )
                 report.add("model", f"{name} peak memory (MiB)", out["peak_mb"])
+                if "loader" in rates:
+                    report.add(
+                        "model",
+                        f"{name}: loader images/s / model images/s",
+                        rates["loader"] / out["images_s"],
+                        "below 1: one loader process cannot keep this model busy",
+                    )
 
             run_phase(report, f"model {name}", one)
         run_phase(
