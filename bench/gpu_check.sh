@@ -12,6 +12,8 @@
 # The figures (bench/gpu_check.py: loader, ResNet-50 and ViT-S/16 images/s and peak memory,
 # evaluation of 120k x 512 embeddings on the GPU, a 2-epoch trial, two trials sharing the GPU)
 # go to OUTPUT.md as a Markdown table with the date, the GPU's name and torch's version.
+# GPU_CHECK_TESTS=1 also runs the GPU tests afterwards (tests/training/test_gpu.py and the GPU one
+# of tests/evaluation/test_knn_backends.py), about a minute more.
 set -u
 cd "$(dirname "$0")/.."
 OUTFILE=${1:-${OUT:-.}/gpu_check.md}
@@ -64,6 +66,13 @@ timeout -k 5 290 "$PY" bench/gpu_check.py --out "$OUTFILE"
 status=$?
 if [ $status -ne 0 ]; then
   echo "gpu_check.py ended with status $status (124: stopped at 290 s); the table keeps the phases done" | tee -a "$OUTFILE"
+fi
+# GPU_CHECK_TESTS=1: then the project's GPU tests (about a minute more; output to OUTPUT.md too)
+if [ "${GPU_CHECK_TESTS:-0}" = 1 ]; then
+  echo "== GPU tests"
+  timeout -k 5 240 "$PY" -m pytest -q -rs -p no:cacheprovider -m gpu \
+    tests/training/test_gpu.py tests/evaluation/test_knn_backends.py 2>&1 | tee /tmp/gpu_tests.log
+  { echo; echo '```'; echo "GPU tests: $(tail -n 1 /tmp/gpu_tests.log)"; grep -E '^(FAILED|ERROR|SKIPPED)' /tmp/gpu_tests.log; echo '```'; } >> "$OUTFILE"
 fi
 echo "== $OUTFILE"
 cat "$OUTFILE"
