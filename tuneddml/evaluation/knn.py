@@ -4,7 +4,7 @@ Evaluation embeddings are L2-normalised, so the inner product is the cosine simi
 largest inner products are the nearest neighbours. A backend knows nothing of labels, self-matches
 or ties; :mod:`tuneddml.evaluation.neighbours` builds the ranked neighbour table from its output.
 
-Two backends share one interface, :class:`KnnBackend`, and are passed to
+The backends share one interface, :class:`KnnBackend`, and are passed to
 :func:`tuneddml.evaluation.evaluate` as objects:
 
 - :class:`FaissKnn`: exact search with faiss ``IndexFlatIP`` (BLAS matrix products plus a heap per
