@@ -79,17 +79,39 @@ def _sharing_trial(config):  # self-contained: it runs in a Ray worker
     )
 
 
+def test_a_local_search_asking_for_gpus_the_machine_lacks_is_refused_up_front(monkeypatch, tmp_path):
+    """Its trials would wait for ever for a GPU that a local Ray does not have."""
+    from tuneddml.errors import ConfigError
+    from tuneddml.tuning import request as request_module
+
+    monkeypatch.setattr(request_module, "local_gpu_count", lambda: 0)
+    from tuneddml.tuning import preflight
+
+    monkeypatch.setattr(
+        preflight, "check_trials", lambda *a, **k: pytest.fail("checked after the trials' checks")
+    )
+    with pytest.raises(ConfigError, match=r"^--gpus-per-trial: .*no CUDA device"):
+        request_module.prepare_search(space="quick", gpus_per_trial=0.5, storage=str(tmp_path / "runs"))
+    monkeypatch.setattr(request_module, "local_gpu_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"^--gpus-per-trial: .*at most 2"):
+        request_module.prepare_search(space="quick", gpus_per_trial=3, storage=str(tmp_path / "runs"))
+
+
 @pytest.mark.slow
 @pytest.mark.ray
-def test_half_a_gpu_each_puts_two_trials_on_one_gpu_at_once_and_one_gpu_each_serialises(tmp_path):
+def test_half_a_gpu_each_puts_two_trials_on_one_gpu_at_once_and_one_gpu_each_serialises(
+    tmp_path, monkeypatch
+):
     import dataclasses
 
     import ray
     from ray import tune
 
+    from tuneddml.tuning import request as request_module
     from tuneddml.tuning.driver import trial_resources
     from tuneddml.tuning.request import prepare_search
 
+    monkeypatch.setattr(request_module, "local_gpu_count", lambda: 1)  # the GPU Ray is told of below
     half = prepare_search(space="quick", gpus_per_trial=0.5, storage=str(tmp_path / "runs"), name="half")
     assert trial_resources(half) == {"cpu": 1.0, "gpu": 0.5}
     whole = dataclasses.replace(half, gpus_per_trial=1.0)
