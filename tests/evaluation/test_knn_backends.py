@@ -70,3 +70,92 @@ def test_torch_backend_on_cuda_matches_faiss():
     ref_sims, ref_idx = FaissKnn().search(q, g, 10)
     np.testing.assert_allclose(sims, ref_sims, atol=1e-5)
     assert (idx == ref_idx).mean() > 0.999  # TF32/reduction order may swap near-ties
+
+
+def test_backend_follows_the_device(monkeypatch):
+    import sys
+    import types
+
+    import torch
+
+    from tuneddml.evaluation import FaissGpuKnn, knn_for_device
+
+    assert type(knn_for_device("cpu")) is FaissKnn
+    assert type(knn_for_device(torch.device("cpu"))) is FaissKnn
+    on_cuda = knn_for_device("cuda:1")  # a CPU build of faiss: brute-force torch on the device
+    assert type(on_cuda) is TorchKnn and on_cuda.device == torch.device("cuda", 1)
+    gpu_faiss = types.SimpleNamespace(StandardGpuResources=object, get_num_gpus=lambda: 1)
+    monkeypatch.setitem(sys.modules, "faiss", gpu_faiss)
+    chosen = knn_for_device("cuda")
+    assert type(chosen) is FaissGpuKnn and chosen.device == torch.device("cuda")
+    assert type(knn_for_device("cpu")) is FaissKnn
+    gpu_faiss.get_num_gpus = lambda: 0  # a GPU build that sees no device (CUDA_VISIBLE_DEVICES="")
+    assert type(knn_for_device("cuda")) is TorchKnn
+
+
+def test_trainer_evaluates_with_the_backend_of_its_device(monkeypatch):
+    import torch
+
+    import tuneddml.evaluation
+    from tuneddml.config import TrialConfig
+    from tuneddml.training import Trainer
+
+    trainer = Trainer(TrialConfig.from_flat({"dataset": "glyphs-tiny", "split": "test", "device": "cpu"}))
+    used = []
+
+    def spy(query, *args, knn, **kwargs):
+        used.append(knn)
+        return {}
+
+    monkeypatch.setattr(tuneddml.evaluation, "evaluate", spy)
+    # the embeddings do not matter here (a trial on CUDA hands them over on the CPU too)
+    monkeypatch.setattr(trainer, "embed", lambda items: torch.zeros(len(items), 4))
+    trainer.evaluate()
+    assert type(used[-1]) is FaissKnn
+    trainer.device = torch.device("cuda")  # a trial on CUDA (none here): the torch backend, there
+    trainer.evaluate()
+    assert type(used[-1]) is TorchKnn and used[-1].device == torch.device("cuda")
+
+
+def test_torch_backend_bounds_its_similarity_chunk():
+    knn = TorchKnn(max_chunk_mb=512)
+    assert knn.rows_per_chunk(120_000) == 1024  # 120k x 512 against itself: whole chunks, 469 MiB
+    for n in (1, 1000, 300_000, 10**6, 10**9):
+        rows = TorchKnn(max_chunk_mb=64).rows_per_chunk(n)
+        assert 1 <= rows <= 1024 and (rows == 1 or rows * n * 4 <= 64 << 20)
+    assert TorchKnn(max_chunk_mb=64).rows_per_chunk(10**6) == 16
+    with pytest.raises(ConfigError, match="chunk_size"):
+        TorchKnn(max_chunk_mb=0)
+
+
+def test_torch_backend_leave_one_out_and_float32_precision_restored():
+    import torch
+
+    q, _ = _data(40, 1, 16, seed=5)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")  # what a user may have set for TF32 training
+    try:
+        sims, idx = TorchKnn(chunk_size=7).search(q, q, 5)  # the query array is the gallery
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)
+    ref_sims, ref_idx = _numpy_knn(q, q, 5)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(sims, ref_sims, atol=1e-6)
+    assert (idx[:, 0] == np.arange(40)).all()
+
+
+def test_evaluation_with_the_torch_backend_needs_no_faiss(monkeypatch):
+    """A GPU machine's image may lack faiss: the torch backend, without NMI, still evaluates."""
+    import sys
+
+    from tuneddml.evaluation import evaluate
+
+    rng = np.random.default_rng(6)
+    y = np.repeat(np.arange(30), 5)
+    x = rng.standard_normal((30, 8))[y] + 0.7 * rng.standard_normal((150, 8))
+    with_faiss = evaluate(x, y, with_nmi=False)
+    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss now raises ImportError
+    with pytest.raises(ImportError):
+        evaluate(x, y, with_nmi=False)  # the default backend is faiss
+    assert evaluate(x, y, with_nmi=False, knn=TorchKnn()) == pytest.approx(with_faiss, abs=1e-6)

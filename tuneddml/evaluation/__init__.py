@@ -13,7 +13,7 @@ from tuneddml.evaluation.average_precision import exact_average_precision
 from tuneddml.evaluation.clustering import FaissKMeans, KMeans, nmi
 from tuneddml.evaluation.evaluator import evaluate, l2_normalise
 from tuneddml.evaluation.kmeans import LloydKMeans
-from tuneddml.evaluation.knn import FaissKnn, KnnBackend, TorchKnn
+from tuneddml.evaluation.knn import FaissGpuKnn, FaissKnn, KnnBackend, TorchKnn, knn_for_device
 from tuneddml.evaluation.metrics import METRICS, EvalOptions, Metric, Ranking, metric_keys, shown_keys
 from tuneddml.evaluation.neighbours import ranked_neighbour_labels
 from tuneddml.evaluation.ranking import (
@@ -31,6 +31,7 @@ import_components(__name__)  # a metric in a module of its own registers on impo
 __all__ = [
     "METRICS",
     "EvalOptions",
+    "FaissGpuKnn",
     "FaissKMeans",
     "FaissKnn",
     "KMeans",
@@ -42,6 +43,7 @@ __all__ = [
     "average_precision",
     "evaluate",
     "exact_average_precision",
+    "knn_for_device",
     "l2_normalise",
     "map_at_r",
     "metric_keys",

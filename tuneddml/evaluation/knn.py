@@ -4,13 +4,17 @@ Evaluation embeddings are L2-normalised, so the inner product is the cosine simi
 largest inner products are the nearest neighbours. A backend knows nothing of labels, self-matches
 or ties; :mod:`tuneddml.evaluation.neighbours` builds the ranked neighbour table from its output.
 
-Two backends share one interface, :class:`KnnBackend`, and are passed to
+The backends share one interface, :class:`KnnBackend`, and are passed to
 :func:`tuneddml.evaluation.evaluate` as objects:
 
 - :class:`FaissKnn`: exact search with faiss ``IndexFlatIP`` (BLAS matrix products plus a heap per
   query), queries in chunks; the default.
 - :class:`TorchKnn`: brute force, ``torch.mm`` plus ``torch.topk`` per chunk of queries; the
-  reference the faiss backend is checked against, and usable on a CUDA device.
+  reference the faiss backend is checked against, and what a trial on a CUDA device evaluates with.
+- :class:`FaissGpuKnn`: faiss ``GpuIndexFlatIP`` on a CUDA device, where faiss is a GPU build.
+
+:func:`knn_for_device` picks one for the trial's device: faiss on the CPU, faiss's GPU index or
+else :class:`TorchKnn` on a CUDA device.
 """
 
 from __future__ import annotations
@@ -43,9 +47,14 @@ def faiss_threads(num_threads: int | None) -> Iterator[None]:
 
     faiss defaults to one thread per core; several trials on one machine would then each start
     that many, and OpenMP threads that outnumber the cores busy-wait (a 5x slowdown was seen on a
-    2-core machine with one other busy process).
+    2-core machine with one other busy process). Without faiss installed (a GPU machine's image
+    may lack it; evaluation with :class:`TorchKnn` and no NMI needs none) it does nothing.
     """
-    import faiss
+    try:
+        import faiss
+    except ImportError:
+        yield
+        return
 
     before = faiss.omp_get_max_threads()
     if num_threads is not None:
@@ -122,25 +131,112 @@ class FaissKnn:
 class TorchKnn:
     """Brute-force kNN: ``torch.mm`` of a chunk of queries with the whole gallery, then ``topk``.
 
-    Memory per chunk is ``chunk_size x len(gallery)`` float32 similarities. ``device`` may be a
-    CUDA device; results come back as numpy arrays on the CPU.
+    Memory per chunk is ``rows x len(gallery)`` float32 similarities, ``rows`` being
+    ``chunk_size`` or fewer, so that they stay within ``max_chunk_mb`` (default 512 MiB; a gallery
+    of 120,000 still takes the whole 1,024 queries at a time: 469 MiB; the gallery, 234 MiB at 512
+    dimensions, and the queries, the same array in leave-one-out, come on top). ``device`` may be a
+    CUDA device, where the matrix products run in full float32 (no TF32), so results agree with
+    the CPU's up to rounding; they come back as numpy arrays on the CPU.
     """
 
-    def __init__(self, *, chunk_size: int = 1024, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, *, chunk_size: int = 1024, device: str | torch.device = "cpu", max_chunk_mb: int = 512
+    ) -> None:
         self.chunk_size = _check_chunk(chunk_size)
         self.device = torch.device(device)
+        self.max_chunk_mb = _check_chunk(max_chunk_mb)
+
+    def rows_per_chunk(self, num_gallery: int) -> int:
+        """How many queries one ``torch.mm`` takes: ``chunk_size``, fewer for a large gallery."""
+        return max(1, min(self.chunk_size, (self.max_chunk_mb << 20) // (4 * max(num_gallery, 1))))
 
     def search(self, query: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         k = int(k)
         _check_k(k, len(gallery))
         g = torch.as_tensor(np.ascontiguousarray(gallery, dtype=np.float32), device=self.device)
-        q_all = torch.as_tensor(np.ascontiguousarray(query, dtype=np.float32))
+        if query is gallery:  # leave-one-out: one copy on the device
+            q_all = g
+        else:
+            q_all = torch.as_tensor(np.ascontiguousarray(query, dtype=np.float32), device=self.device)
         sims = np.empty((len(query), k), dtype=np.float32)
         idx = np.empty((len(query), k), dtype=np.int64)
-        with torch.no_grad():
-            for start in range(0, len(query), self.chunk_size):
-                q = q_all[start : start + self.chunk_size].to(self.device)
+        step = self.rows_per_chunk(len(gallery))
+        with torch.no_grad(), _full_float32():
+            for start in range(0, len(query), step):
+                q = q_all[start : start + step]
                 top = torch.topk(q @ g.T, k, dim=1, largest=True, sorted=True)
                 sims[start : start + len(q)] = top.values.cpu().numpy()
                 idx[start : start + len(q)] = top.indices.cpu().numpy()
         return sims, idx
+
+
+@contextmanager
+def _full_float32() -> Iterator[None]:
+    """float32 matrix products in full precision inside the block (TF32 off on CUDA)."""
+    before = torch.get_float32_matmul_precision()
+    if before != "highest":
+        torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        if before != "highest":
+            torch.set_float32_matmul_precision(before)
+
+
+#: the largest ``k`` faiss's GPU search takes; beyond it :class:`FaissGpuKnn` uses :class:`TorchKnn`
+FAISS_GPU_MAX_K = 2048
+
+
+def faiss_has_gpu() -> bool:
+    """Whether the installed faiss is a GPU build that sees a device (``StandardGpuResources``)."""
+    try:
+        import faiss
+    except ImportError:
+        return False
+    if not hasattr(faiss, "StandardGpuResources"):
+        return False
+    try:
+        return int(faiss.get_num_gpus()) > 0
+    except Exception:
+        return False
+
+
+class FaissGpuKnn:
+    """Exact kNN with faiss ``GpuIndexFlatIP`` on a CUDA device (a GPU build of faiss); queries in
+    chunks of ``chunk_size``. A ``k`` above :data:`FAISS_GPU_MAX_K` goes to :class:`TorchKnn`."""
+
+    def __init__(self, *, device: str | torch.device = "cuda", chunk_size: int = 16384) -> None:
+        self.device = torch.device(device)
+        self.chunk_size = _check_chunk(chunk_size)
+
+    def search(self, query: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
+
+        k = int(k)
+        _check_k(k, len(gallery))
+        if k > FAISS_GPU_MAX_K:
+            return TorchKnn(device=self.device).search(query, gallery, k)
+        query = np.ascontiguousarray(query, dtype=np.float32)
+        gallery = np.ascontiguousarray(gallery, dtype=np.float32)
+        config = faiss.GpuIndexFlatConfig()
+        config.device = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        index = faiss.GpuIndexFlatIP(faiss.StandardGpuResources(), gallery.shape[1], config)
+        index.add(gallery)
+        sims = np.empty((len(query), k), dtype=np.float32)
+        idx = np.empty((len(query), k), dtype=np.int64)
+        for start in range(0, len(query), self.chunk_size):
+            stop = start + self.chunk_size
+            sims[start:stop], idx[start:stop] = index.search(query[start:stop], k)
+        return sims, idx
+
+
+def knn_for_device(device: str | torch.device) -> KnnBackend:
+    """The kNN backend of a trial on ``device``: :class:`FaissKnn` on the CPU (the default of
+    :func:`~tuneddml.evaluation.evaluate`); on a CUDA device :class:`FaissGpuKnn` where faiss is a
+    GPU build, else :class:`TorchKnn` there."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return FaissKnn()
+    if faiss_has_gpu():
+        return FaissGpuKnn(device=device)
+    return TorchKnn(device=device)

@@ -243,8 +243,10 @@ class Trainer:
         return torch.cat(out) if out else torch.empty(0, self.config.embedding_size)
 
     def evaluate(self) -> dict[str, float]:
-        """Retrieval metrics of the current model on the evaluation classes."""
-        from tuneddml.evaluation import evaluate
+        """Retrieval metrics of the current model on the evaluation classes; the kNN search runs
+        on the trial's device (:func:`~tuneddml.evaluation.knn_for_device`: faiss on the CPU,
+        faiss's GPU index or brute-force torch on CUDA)."""
+        from tuneddml.evaluation import evaluate, knn_for_device
 
         query = self.embed(self.data.query)
         gallery = gallery_labels = None
@@ -259,6 +261,7 @@ class Trainer:
             seed=self.config.seed,
             with_ap=self.config.eval_ap,
             with_nmi=self.config.eval_nmi,
+            knn=knn_for_device(self.device),
         )
 
     def _context(self, epoch: int) -> EpochContext:

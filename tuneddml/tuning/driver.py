@@ -41,7 +41,7 @@ from tuneddml.tracking import SearchRun
 from tuneddml.tuning.request import SearchRequest
 from tuneddml.tuning.resume_check import refuse_silent_restart
 
-__all__ = ["SearchSummary", "run_search"]
+__all__ = ["SearchSummary", "run_search", "trial_resources"]
 
 
 @dataclass
@@ -194,7 +194,7 @@ def run_search(request: SearchRequest, *, stream: IO[str] | None = None, verbose
         ended = read_ended(request.folder) if request.resume else {}
         trainable = tune.with_resources(
             tune.with_parameters(train_trial, metric=space.metric, ended=ended),
-            {"cpu": request.cpus_per_trial, "gpu": request.gpus_per_trial},
+            trial_resources(request),
         )
         param_space = dict(request.fixed)
         tracker = MlflowCallback(search_run)
@@ -296,6 +296,13 @@ def run_search(request: SearchRequest, *, stream: IO[str] | None = None, verbose
         return _summarise(rows, checkpoints, request, search_run, started, out, clock)
     finally:
         stopper.join()
+
+
+def trial_resources(request: SearchRequest) -> dict[str, float]:
+    """What Ray reserves for each trial: ``--cpus-per-trial`` CPUs and ``--gpus-per-trial`` GPUs
+    (a fraction such as 0.5 puts two trials on one GPU at once; Ray then gives both the same GPU
+    id and makes it their only visible CUDA device)."""
+    return {"cpu": request.cpus_per_trial, "gpu": request.gpus_per_trial}
 
 
 def _quiet_mlflow() -> None:

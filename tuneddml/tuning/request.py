@@ -115,6 +115,8 @@ def prepare_search(
         raise ConfigError(
             "--gpus-per-trial", gpus_per_trial, "zero or a positive (fractional) number of GPUs"
         )
+    if gpus_per_trial > 0 and address is None and not resume:
+        _check_local_gpus(gpus_per_trial)
     if max_concurrent is None:
         max_concurrent = max(1, int((os.cpu_count() or 1) // cpus_per_trial)) if address is None else 8
     if max_concurrent < 1:
@@ -184,6 +186,28 @@ def prepare_search(
     # data, sampler, loss and metric of the representative points
     check_trials(loaded, request.fixed, cluster=address is not None)
     return request
+
+
+def local_gpu_count() -> int:
+    """CUDA devices this machine has (those ``CUDA_VISIBLE_DEVICES`` leaves), as a local Ray counts them."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _check_local_gpus(gpus_per_trial: float) -> None:
+    """A local search's trials that ask for more GPUs than the machine has would wait for ever."""
+    available = local_gpu_count()
+    if available == 0:
+        raise ConfigError(
+            "--gpus-per-trial",
+            gpus_per_trial,
+            "0 here: this machine has no CUDA device (a search on GPU nodes joins them with --address)",
+        )
+    if gpus_per_trial > available:
+        raise ConfigError(
+            "--gpus-per-trial", gpus_per_trial, f"at most {available}, the GPUs of this machine"
+        )
 
 
 #: seeds numpy and torch accept: [0, 2**32)

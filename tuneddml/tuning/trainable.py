@@ -48,10 +48,14 @@ def train_trial(
     from tuneddml.errors import TrialDiverged
     from tuneddml.results import DIVERGED, NODE, diverged_record
     from tuneddml.results.schema import DIGEST
+    from tuneddml.training.loop import resolve_device
 
     flat = {k: v for k, v in params.items() if not k.startswith("_")}
     node = ray.get_runtime_context().get_node_id()  # which node ran the trial (clusters)
     config = TrialConfig.from_flat(flat)
+    # the GPU Ray gave the trial is its only visible one (CUDA_VISIBLE_DEVICES): "cuda" is that one;
+    # its peak memory counts from here (an actor Ray reuses runs several trials)
+    usage = SystemUsage(resolve_device(config.device))
     checkpoint = tune.get_checkpoint()
     local = local_checkpoint_folder(checkpoint)
     if checkpoint is None or local is not None:
@@ -69,7 +73,6 @@ def train_trial(
             )
             trainer = resume_trainer(config, None)
 
-    usage = SystemUsage()
     digest = split_digest(config, trainer.data)
 
     def report(epoch_report: Any, tr: Any) -> None:
@@ -87,28 +90,42 @@ def train_trial(
 
 
 class SystemUsage:
-    """What this process used since the last :meth:`sample` (psutil; torch for CUDA memory)."""
+    """What this process used since the last :meth:`sample` (psutil; torch for CUDA memory).
 
-    def __init__(self) -> None:
+    ``device``: the trial's; on a CUDA device its peak-memory counter starts again here, at the
+    trial's start."""
+
+    def __init__(self, device: Any = None) -> None:
         import psutil
+        import torch
 
         self._process = psutil.Process()
         self._process.cpu_percent(None)  # the first call starts the interval
+        self._device = torch.device(device) if device is not None else None
+        self._cuda = self._device is not None and self._device.type == "cuda"
+        self._peak_mb = 0.0
+        if self._cuda:
+            torch.cuda.reset_peak_memory_stats(self._device)
 
     def sample(self) -> dict[str, float]:
-        """``system/cpu_percent`` (100 = one core busy), ``system/rss_mb`` and, where CUDA is
-        there, ``system/gpu_mem_mb`` (the peak allocated since the last sample)."""
+        """``system/cpu_percent`` (100 = one core busy), ``system/rss_mb`` and, for a trial on a
+        CUDA device, ``system/gpu_mem_mb`` (the peak allocated on it since the last sample) and
+        ``system/gpu_peak_mb`` (the peak since the trial started: the largest ``gpu_mem_mb`` so
+        far). A trial on the CPU has no ``gpu_*`` keys at all."""
         from tuneddml.results.schema import SYSTEM
 
         out = {
             f"{SYSTEM}cpu_percent": float(self._process.cpu_percent(None)),
             f"{SYSTEM}rss_mb": self._process.memory_info().rss / 2**20,
         }
-        import torch
+        if self._cuda:
+            import torch
 
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            out[f"{SYSTEM}gpu_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
-            torch.cuda.reset_peak_memory_stats()
+            since_last = torch.cuda.max_memory_allocated(self._device) / 2**20
+            self._peak_mb = max(self._peak_mb, since_last)
+            out[f"{SYSTEM}gpu_mem_mb"] = since_last
+            out[f"{SYSTEM}gpu_peak_mb"] = self._peak_mb
+            torch.cuda.reset_peak_memory_stats(self._device)
         return out
 
 
