@@ -11,7 +11,7 @@ Phases, each bounded by its own time budget (``--budget`` seconds, default 40, f
 loops; a failing phase is recorded and the next one runs):
 
 1. data: a CUB-200-2011-layout folder of JPEGs (``CUB_LAYOUT``; 200 classes, classes 1-100 train);
-2. loader: images/s of the project's loader (``FileItems.load`` + ``augment``, as the trainer does);
+2. loader: images/s of the trainer's input pipeline (DataLoader workers, train views);
 3. models: images/s of training steps of a ResNet-50 (bf16 autocast, channels-last) and a
    ViT-S/16 (bf16 autocast) at 224 px, timm, random init, batch 64, with each one's peak memory;
 4. evaluation: the kNN search of 120,000 x 512 embeddings, all queries against all, ``k`` = what
@@ -137,20 +137,27 @@ def write_cub_folder(root: Path, *, classes: int, per_class: int, size: int, see
 
 
 # -- 2. loader -------------------------------------------------------------------------------
-def loader_rate(root: Path, image_size: int, batch: int, budget: float) -> tuple[float, int]:
-    """Images/s of the trainer's own input path: ``train.load`` (decode, resize) + ``augment``."""
+def loader_rate(root: Path, image_size: int, batch: int, budget: float, workers: int) -> tuple[float, int]:
+    """Images/s of the trainer's own input pipeline (``tuneddml.data.loader.InputPipeline``:
+    decode at the resize size, random resized crop and flip, ``workers`` processes) on the CPU."""
     from tuneddml.data import DATASETS
-    from tuneddml.data.transforms import augment
+    from tuneddml.data.loader import InputPipeline
 
     dataset = DATASETS.build("cub200", {}, field="dataset", root=str(root), image_size=image_size)
     train = dataset.train
+    pipeline = InputPipeline(
+        {"train": train}, augmentation=dataset.augmentation, seed=0, device=torch.device("cpu"), workers=workers
+    )
     rng = np.random.default_rng(0)
-    generator = torch.Generator().manual_seed(0)
+    batches = (rng.choice(len(train), size=batch, replace=False) for _ in range(20))
     done, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < budget and done < 20 * batch:
-        x = train.load(rng.choice(len(train), size=batch, replace=False))
-        augment(x, dataset.augmentation, generator)
-        done += batch
+    try:
+        for _indices, x in pipeline.train(batches, 1, torch.Generator().manual_seed(0)):
+            done += len(x)
+            if time.perf_counter() - t0 > budget:
+                break
+    finally:
+        pipeline.close()
     return done / (time.perf_counter() - t0), done
 
 
@@ -514,10 +521,11 @@ def main(argv: list[str] | None = None) -> int:
         rates: dict[str, float] = {}
 
         def loader() -> None:
-            rate, n = loader_rate(root, size, 16 if smoke else 64, budget)
+            workers = 0 if smoke else min(8, (os.cpu_count() or 2) - 1)
+            rate, n = loader_rate(root, size, 16 if smoke else 64, budget, workers)
             rates["loader"] = rate
             report.add(
-                "loader", "images/s, FileItems.load + augment (1 process)", rate, f"{n} images at {size} px"
+                "loader", f"images/s, the input pipeline with {workers} workers", rate, f"{n} images at {size} px"
             )
 
         run_phase(report, "loader", loader)

@@ -9,8 +9,9 @@ trainer, the Ray trainable, MLflow tracking, the driver, the report and its plot
   ``recall_at_1``, ...; a metric registered in :data:`~tuneddml.evaluation.METRICS` is one more);
 - ``loss/<term>``: the epoch's mean of each loss term, ``loss/total`` included;
 - ``time/train_s``, ``time/eval_s``: the epoch's seconds;
-- ``system/cpu_percent``, ``system/rss_mb`` and, on CUDA, ``system/gpu_mem_mb``: what the trial's
-  process used over the epoch (sampled in the trial);
+- ``system/cpu_percent``, ``system/rss_mb`` and, on CUDA, ``system/gpu_mem_mb`` (the epoch's peak)
+  and ``system/gpu_peak_mb`` (the trial's peak since its start): what the trial's process used
+  (sampled in the trial);
 - ``diverged`` (0 or 1), ``node_id`` (the Ray node), ``data_digest`` (a digest of the trial's data
   split: which classes and items it trained and was scored on) and ``error`` (a diverged trial's
   message).
