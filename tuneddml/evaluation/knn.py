@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -120,12 +120,17 @@ class FaissKnn:
         with faiss_threads(1 if small else self.num_threads):
             index = faiss.IndexFlatIP(gallery.shape[1])
             index.add(gallery)
-            sims = np.empty((len(query), k), dtype=np.float32)
-            idx = np.empty((len(query), k), dtype=np.int64)
-            for start in range(0, len(query), self.chunk_size):
-                stop = start + self.chunk_size
-                sims[start:stop], idx[start:stop] = index.search(query[start:stop], k)
-        return sims, idx
+            return _search_in_chunks(index, query, k, self.chunk_size)
+
+
+def _search_in_chunks(index: Any, query: np.ndarray, k: int, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A faiss index's top ``k`` of ``query``, ``chunk_size`` queries at a time."""
+    sims = np.empty((len(query), k), dtype=np.float32)
+    idx = np.empty((len(query), k), dtype=np.int64)
+    for start in range(0, len(query), chunk_size):
+        stop = start + chunk_size
+        sims[start:stop], idx[start:stop] = index.search(query[start:stop], k)
+    return sims, idx
 
 
 class TorchKnn:
@@ -222,12 +227,7 @@ class FaissGpuKnn:
         config.device = self.device.index if self.device.index is not None else torch.cuda.current_device()
         index = faiss.GpuIndexFlatIP(faiss.StandardGpuResources(), gallery.shape[1], config)
         index.add(gallery)
-        sims = np.empty((len(query), k), dtype=np.float32)
-        idx = np.empty((len(query), k), dtype=np.int64)
-        for start in range(0, len(query), self.chunk_size):
-            stop = start + self.chunk_size
-            sims[start:stop], idx[start:stop] = index.search(query[start:stop], k)
-        return sims, idx
+        return _search_in_chunks(index, query, k, self.chunk_size)
 
 
 def knn_for_device(device: str | torch.device) -> KnnBackend:
