@@ -40,8 +40,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "bench"):  # tuneddml, and bench_eval's data (also when loaded by path)
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -217,20 +218,6 @@ def model_rate(
 
 
 # -- 4. evaluation ---------------------------------------------------------------------------
-def sop_like(n: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Clustered unit vectors with SOP-like classes (2-12 items each), as bench/bench_eval.py."""
-    rng = np.random.default_rng(seed)
-    sizes = np.minimum(2 + rng.poisson(3.5, size=n), 12)
-    sizes = sizes[: int(np.searchsorted(np.cumsum(sizes), n)) + 1]
-    sizes[-1] -= sizes.sum() - n
-    sizes = sizes[sizes > 0]
-    labels = np.repeat(np.arange(len(sizes)), sizes)
-    centres = rng.standard_normal((len(sizes), dim), dtype=np.float32)
-    x = centres[labels] + 1.2 * rng.standard_normal((n, dim), dtype=np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x, labels
-
-
 def search_width(labels: np.ndarray) -> int:
     """The ``k`` the project's evaluation asks its kNN backend for, leave-one-out: the widest
     metric table (MAP@R needs max R; AP keeps 32), plus a column for ties, plus the query itself."""
@@ -243,9 +230,11 @@ def search_width(labels: np.ndarray) -> int:
 
 
 def evaluation_phase(report: Report, device: torch.device, n: int, dim: int, budget: float) -> None:
+    from bench_eval import make_data
+
     from tuneddml.evaluation import FaissKnn, TorchKnn, evaluate
 
-    x, labels = sop_like(n, dim, seed=0)
+    x, labels = make_data(n, dim, noise=1.2, seed=0)  # SOP-like classes of 2-12 items
     k = search_width(labels)
     knn = TorchKnn(device=device)
     report.add("evaluation", "embeddings", f"{n:,} x {dim}", f"{labels.max() + 1:,} classes, k={k}")

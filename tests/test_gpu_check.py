@@ -49,7 +49,9 @@ def test_search_width_is_what_the_evaluation_asks_its_backend_for():
     from tuneddml.evaluation import TorchKnn, evaluate
 
     gpu_check = _gpu_check()
-    x, labels = gpu_check.sop_like(300, 16, seed=3)
+    from bench_eval import make_data  # the check's evaluation data (bench/ is on the path now)
+
+    x, labels = make_data(300, 16, noise=1.2, seed=3)
     asked = []
 
     class Spy(TorchKnn):
