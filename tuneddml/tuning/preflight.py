@@ -6,8 +6,9 @@ without its model and its training: the dataset (its folder and layout, a few im
 class-disjoint split, the batch sampler's ``check`` against the class sizes and the batch size, and
 the loss with its miner (and the embedding augmenter) built on the CPU, whose term names a
 ``metric: loss/<term>`` must name, and the backbone's weights (a local file or folder, or the hub
-cache when offline: :func:`~tuneddml.models.check_backbone`, which builds and downloads nothing). Each distinct dataset is loaded once; a glyph dataset that would
-need rendering is skipped (see :func:`tuneddml.data.probe.probe_dataset`). No Ray, no MLflow.
+cache when offline: :func:`~tuneddml.models.check_backbone`, which builds and downloads nothing).
+Each distinct dataset is loaded once; a glyph dataset that would need rendering is skipped (see
+:func:`tuneddml.data.probe.probe_dataset`). No Ray, no MLflow.
 """
 
 from __future__ import annotations
