@@ -49,6 +49,9 @@ class TrialConfig:
     num_folds: int = 4
     fold: int = 0
     fold_seed: int = 0  # partition of the training classes into folds: the same for every trial of a search
+    # one model per fold, the trial's metrics their mean (the Reality Check's validation); with
+    # split=test the fold models are scored on the test classes, alone and concatenated
+    cross_validate: bool = False
     workers: int | None = None  # image-decoding processes for file-backed sets; None: min(8, CPUs - 1), 0 in memory
     # model
     backbone: str = "small_cnn"

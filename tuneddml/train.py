@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError("--save", args.save, "a path in an existing folder")
 
     from tuneddml.evaluation import shown_keys
-    from tuneddml.training import Trainer
+    from tuneddml.training.folds import make_trainer
 
     shown = shown_keys()
 
@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         file=out,
         flush=True,
     )
-    trainer = Trainer(config)
+    trainer = make_trainer(config)
     print(
         f"data: {len(trainer.data.train)} training items in {trainer.data.num_train_classes} classes; "
         f"evaluating on {len(trainer.data.query)} items of unseen classes; device={trainer.device}",

@@ -7,6 +7,10 @@ trainer, the Ray trainable, MLflow tracking, the driver, the report and its plot
 - ``epoch`` (1-based);
 - every key of the evaluator's metrics (:func:`~tuneddml.evaluation.metric_keys`: ``map_at_r``,
   ``recall_at_1``, ...; a metric registered in :data:`~tuneddml.evaluation.METRICS` is one more);
+- a cross-validated trial (``cross_validate=true``: one model per fold) reports the mean over its
+  fold models under the metric keys themselves, each fold model's under ``fold<i>/<key>``, and with
+  ``split=test`` the validation mean under ``val/<key>`` and the fold models' concatenated
+  embeddings (the fold ensemble) under ``concat/<key>``;
 - ``loss/<term>``: the epoch's mean of each loss term, ``loss/total`` included;
 - ``time/train_s``, ``time/eval_s``: the epoch's seconds;
 - ``system/cpu_percent``, ``system/rss_mb`` and, on CUDA, ``system/gpu_mem_mb`` (the epoch's peak)
@@ -27,6 +31,7 @@ of its last epoch, and ``best.<metric>``: the best value of the search metric ov
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -51,6 +56,10 @@ ERROR = "error"
 TRAIN_SECONDS = TIME + "train_s"
 EVAL_SECONDS = TIME + "eval_s"
 
+VALIDATION = "val/"  # a cross-validated test trial's validation metrics (mean over folds)
+ENSEMBLE = "concat/"  # the fold models' concatenated embeddings, scored on the test classes
+_FOLD_KEY = re.compile(r"^fold\d+/")
+
 STATUSES = ("finished", "stopped_early", "diverged", "failed")
 
 
@@ -59,6 +68,23 @@ def metric_names() -> set[str]:
     from tuneddml.evaluation import metric_keys
 
     return set(metric_keys())
+
+
+def fold_key(fold: int, key: str) -> str:
+    """The key of fold model ``fold``'s value of metric ``key`` in a cross-validated trial's record."""
+    return f"fold{fold}/{key}"
+
+
+def is_metric_key(key: str, names: set[str]) -> bool:
+    """Whether ``key`` is a metric of a record: one of ``names``, or one of them under a
+    cross-validated trial's part (``val/``, ``concat/``, ``fold<i>/``)."""
+    if key in names:
+        return True
+    for prefix in (VALIDATION, ENSEMBLE):
+        if key.startswith(prefix):
+            return key[len(prefix) :] in names
+    match = _FOLD_KEY.match(key)
+    return bool(match) and key[match.end() :] in names
 
 
 def epoch_record(
@@ -89,7 +115,7 @@ def record_values(result: Mapping[str, Any], metrics: Iterable[str] | None = Non
     return {
         k: float(v) if isinstance(v, float) else v
         for k, v in result.items()
-        if (k in own or k in names or k.startswith((TERM, TIME, SYSTEM))) and _is_number(v)
+        if (k in own or is_metric_key(k, names) or k.startswith((TERM, TIME, SYSTEM))) and _is_number(v)
     }
 
 
@@ -152,7 +178,7 @@ def trial_row(
     row.update({f"{CONFIG}{k}": v for k, v in config.items()})
     if status != "failed" and last:
         names = metric_names()
-        row.update({f"{METRIC}{k}": float(v) for k, v in last.items() if k in names})
+        row.update({f"{METRIC}{k}": float(v) for k, v in last.items() if is_metric_key(k, names)})
     return row
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from tuneddml.training.loop import EpochReport, Trainer, TrialResult, run_trial
+from tuneddml.training.folds import FoldsTrainer, make_trainer, run_trial
+from tuneddml.training.loop import EpochReport, Trainer, TrialResult
 
-__all__ = ["EpochReport", "Trainer", "TrialResult", "run_trial"]
+__all__ = ["EpochReport", "FoldsTrainer", "Trainer", "TrialResult", "make_trainer", "run_trial"]

@@ -1,7 +1,7 @@
 # Long file: the trainer and the weights-only format of its checkpoints (read_checkpoint, _plain), which change together.
 """Training and evaluating one trial.
 
-:func:`run_trial` is the single function every entry point uses (the ``train`` CLI, Ray Tune
+:func:`tuneddml.training.run_trial` is the single function every entry point uses (the ``train`` CLI, Ray Tune
 trials, tests). It builds a :class:`Trainer`, runs the epochs and calls ``reporter`` after each
 one with the epoch's metrics and the mean of every loss term. A :class:`Trainer` can be saved and
 restored between epochs, which is what Ray Tune's checkpoints use.
@@ -81,7 +81,9 @@ def seed_everything(seed: int) -> None:
 class Trainer:
     """Holds a trial's data, model, loss and optimiser; trains and evaluates epoch by epoch."""
 
-    def __init__(self, config: TrialConfig) -> None:
+    def __init__(self, config: TrialConfig, *, dataset: Any = None) -> None:
+        """``dataset``: the trial's dataset, already built (a cross-validated trial's fold models
+        share one); None: built from the config."""
         from tuneddml.data import DATASETS
         from tuneddml.data.splits import make_split
         from tuneddml.models import build_model
@@ -94,7 +96,8 @@ class Trainer:
         seed_everything(config.seed)
 
         runtime = {arg: getattr(config, top) for arg, top in DATASET_RUNTIME.items()}
-        dataset = DATASETS.build(config.dataset, config.dataset_params, field="dataset", **runtime)
+        if dataset is None:
+            dataset = DATASETS.build(config.dataset, config.dataset_params, field="dataset", **runtime)
         self.data = make_split(
             dataset, split=config.split, num_folds=config.num_folds, fold=config.fold, seed=config.fold_seed
         )
@@ -458,13 +461,3 @@ def build_loss_parts(config: TrialConfig, *, num_classes: int) -> tuple[Any, Emb
             embedding_size=config.embedding_size,
         )
     return loss, embedding_aug
-
-
-def run_trial(
-    config: TrialConfig, reporter: Reporter | None = None, *, resume: str | Path | None = None
-) -> TrialResult:
-    """Train and evaluate one trial; ``resume`` continues from a :meth:`Trainer.save` file."""
-    trainer = Trainer(config)
-    if resume is not None:
-        trainer.restore(resume)
-    return trainer.run(reporter)

@@ -159,7 +159,7 @@ def resume_trainer(
     """A ``Trainer`` of ``config`` continued from checkpoint folder ``latest`` (None: a fresh
     one); if that cannot be restored, from the newest readable other ``checkpoint_*`` folder
     beside it (``siblings``), else fresh; ``warn`` (default: stderr) gets one line saying which."""
-    from tuneddml.training import Trainer
+    from tuneddml.training.folds import make_trainer as Trainer  # a cross-validated trial: its folds'
     from tuneddml.training.loop import UnreadableCheckpoint, read_checkpoint
 
     trainer = Trainer(config)
