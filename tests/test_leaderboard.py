@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -229,6 +230,11 @@ def test_markdown_holds_the_numbers_and_the_statements():
 
 def test_files_round_trip(tmp_path):
     rows = benchmark()
+    rows[4] = {
+        **rows[4],
+        "seed": np.int64(0),
+        "test.map_at_r": np.float64(0.49),
+    }  # numpy's numbers, as a driver's
     board = build_leaderboard(rows, search=SEARCH)
     written = write_leaderboard(
         board, tmp_path / "board", rows=rows, meta={"dataset": "cub"}, figure="lb.png"
@@ -250,6 +256,7 @@ def test_files_round_trip(tmp_path):
         "map_at_r",
     )
     assert back.noise.per_loss == board.noise.per_loss and back.noise.mean == board.noise.mean
+    assert back.meta == {"dataset": "cub"} and board.meta == {}
     for got, want in zip(back.table, board.table):
         assert got.keys() == want.keys()
         for k, v in want.items():
@@ -262,6 +269,8 @@ def test_files_round_trip(tmp_path):
     seeds = read_seeds(tmp_path / "board")
     assert len(seeds) == len(rows) and seeds[0]["config"] == {"loss.margin": 0.1}
     assert math.isnan(seeds[3]["test.map_at_r"]) and seeds[4]["test.map_at_r"] == pytest.approx(0.49)
+    assert pq.read_table(written["seeds"]).schema.field("test.map_at_r").type == "double"
+    assert pq.read_table(written["seeds"]).schema.field("seed").type == "int64"
     with pytest.raises(ConfigError, match="folder"):
         read_leaderboard(tmp_path)
 

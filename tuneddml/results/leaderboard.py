@@ -27,7 +27,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +170,7 @@ class Leaderboard:
     rank_by: str = "map_at_r"
     confidence: float = 0.95
     alpha: float = 0.05
+    meta: dict[str, Any] = field(default_factory=dict)  # the meta write_leaderboard kept, when read back
 
 
 def _group(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
@@ -449,9 +450,11 @@ def leaderboard_markdown(
 
 
 def _cells(value: Any) -> Any:
-    return (
-        json.dumps(value, sort_keys=True, default=str) if isinstance(value, (Mapping, list, tuple)) else value
-    )
+    if isinstance(value, np.generic):  # numpy's float64 and int64 as Python's
+        return value.item()
+    if isinstance(value, (Mapping, list, tuple)):
+        return json.dumps(value, sort_keys=True, default=str)
+    return value
 
 
 def _arrow(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
@@ -499,7 +502,7 @@ def write_leaderboard(
     settings = {
         "best": board.best, "noise": asdict(board.noise), "statement": board.statement,
         "metrics": list(board.metrics), "rank_by": board.rank_by, "confidence": board.confidence,
-        "alpha": board.alpha, "meta": _cells(dict(meta or {})),
+        "alpha": board.alpha, "meta": dict(meta or {}),
     }  # fmt: skip
     table = _arrow(board.table).replace_schema_metadata({_META_KEY: json.dumps(settings, default=str)})
     written["table"] = _replace(out / LEADERBOARD_PARQUET, lambda p: pq.write_table(table, p))
@@ -526,7 +529,7 @@ def read_leaderboard(folder: str | os.PathLike) -> Leaderboard:
     ]
     return Leaderboard(
         rows, settings["best"], Noise(**settings["noise"]), settings["statement"], tuple(settings["metrics"]),
-        settings["rank_by"], settings["confidence"], settings["alpha"],
+        settings["rank_by"], settings["confidence"], settings["alpha"], settings.get("meta") or {},
     )  # fmt: skip
 
 
