@@ -1,4 +1,4 @@
-# Long file: the report's five figures share their scales, labels and figure helpers.
+# Long file: the report's five figures and the leaderboard's share their scales, labels and figure helpers.
 """The report's figures, drawn from a results frame (one row per trial: :mod:`tuneddml.results.schema`)
 and the searches' per-epoch logs.
 
@@ -21,8 +21,10 @@ does not apply (no loss with a ``lambda``, no varied parameter, no epoch log, to
 
 :func:`make_report` draws every figure of :data:`PLOTS` that applies (the search driver calls it at
 the end of a search, ``python -m tuneddml.report`` on demand), and none for a search without any
-result. Figures are built on :class:`matplotlib.figure.Figure` with the Agg canvas, never through
-pyplot, so drawing touches no global state and needs no display.
+result. :func:`draw_leaderboard` draws a benchmark's leaderboard (a
+:class:`~tuneddml.results.leaderboard.Leaderboard`, not a results table) as error bars, and
+:func:`save_leaderboard_figure` saves it. Figures are built on :class:`matplotlib.figure.Figure`
+with the Agg canvas, never through pyplot, so drawing touches no global state and needs no display.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from tuneddml.results import (
 
 if TYPE_CHECKING:
     from tuneddml.results import Results, Source
+    from tuneddml.results.leaderboard import Leaderboard
 
 LAMBDA = config_column("loss.lambda")
 # Second axis of the landscape, in order of preference (Sors et al. plot lambda against these).
@@ -485,6 +488,59 @@ def draw_param_importance(results: Results) -> Figure | str:
         fontsize=10,
     )
     return figure
+
+
+def draw_leaderboard(board: Leaderboard) -> Figure | str:
+    """A leaderboard (:func:`tuneddml.results.leaderboard.build_leaderboard`) as error bars: one
+    panel per metric, one row per loss in the table's order (best on top), its mean over seeds a
+    dot and its confidence interval a horizontal bar, the test numbers (each fold model's own
+    embeddings, "separated") and the concatenated ones in two colours. The best loss's row is
+    shaded and its test mean a dotted line; a loss with one seed has a dot and no bar."""
+    from tuneddml.results.leaderboard import metric_label
+
+    table, key = board.table, f"test.{board.rank_by}"
+    if not any(row.get(f"{key}.n") for row in table):
+        return f"leaderboard: no loss has a test {board.rank_by}"
+    parts = (
+        ("test", "tab:blue", -0.13, "test (separated: mean over the fold models)"),
+        ("concat", "tab:orange", 0.13, "concatenated (the fold models' embeddings joined)"),
+    )
+    figure = _new_figure(3.9 * len(board.metrics) + 1.6, 1.7 + 0.5 * len(table))
+    axes = figure.subplots(1, len(board.metrics), sharey=True, squeeze=False)[0]
+    y = np.arange(len(table), dtype=float)
+    for ax, metric in zip(axes, board.metrics):
+        for part, color, offset, label in parts:
+            mean, low, high = (
+                np.array([row.get(f"{part}.{metric}.{k}", math.nan) for row in table], dtype=float)
+                for k in ("mean", "low", "high")
+            )
+            bars = np.isfinite(low) & np.isfinite(high)
+            ax.hlines(y[bars] + offset, low[bars], high[bars], color=color, linewidth=2.4, alpha=0.8)
+            ax.plot(mean, y + offset, "o", color=color, markersize=5, label=label if ax is axes[0] else None)
+        if board.best is not None:
+            ax.axhspan(-0.5, 0.5, color="gold", alpha=0.18, linewidth=0)
+            ax.axvline(table[0][f"test.{metric}.mean"], color="red", linestyle=":", linewidth=0.9)
+        ax.set_title(f"{metric_label(metric)} (mean, {board.confidence * 100:g}% CI over seeds)", fontsize=10)
+        ax.set_xlabel(metric_label(metric), fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    labels = [f"{row['loss']}  n={row['seeds']}" + ("  *" if row.get("significant") else "") for row in table]
+    axes[0].set_yticks(y, labels, fontsize=9)
+    axes[0].set_ylim(len(table) - 0.5, -0.5)  # the table's order, best on top
+    if board.best is not None:
+        axes[0].get_yticklabels()[0].set(color="red", fontweight="bold")
+    figure.legend(loc="outside lower center", ncol=2, fontsize=8, frameon=False)
+    figure.suptitle(
+        f"leaderboard on test {metric_label(board.rank_by)}: best {board.best} (shaded, dotted line); "
+        f"*: significantly different from it (paired t-test, Holm p < {board.alpha:g})",
+        fontsize=10,
+    )
+    return figure
+
+
+def save_leaderboard_figure(board: Leaderboard, path: str | os.PathLike) -> Path | str:
+    """:func:`draw_leaderboard` saved as a PNG at ``path``; why not, when it does not apply."""
+    drawn = draw_leaderboard(board)
+    return drawn if isinstance(drawn, str) else _save(drawn, Path(path))
 
 
 PLOTS = {
