@@ -343,9 +343,10 @@ def _start_parent_run(request: SearchRequest) -> SearchRun:
     space = request.space
     return SearchRun.start(
         request.tracking_uri,
-        space.name,
+        request.experiment or space.name,
         request.name,
         tags={
+            **request.tags,
             "tuneddml.space": space.name,
             "tuneddml.searcher": request.searcher,
             "tuneddml.version": __version__,

@@ -36,6 +36,10 @@ class SearchRequest:
     overrides: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     ray_storage: str = ""  # where Ray keeps trials and checkpoints: ``storage``, or a cloud URI
+    # the MLflow experiment of the parent run (None: the space's name) and extra tags of the parent
+    # run (a benchmark nests each loss's search under its own run with ``mlflow.parentRunId``)
+    experiment: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.ray_storage = self.ray_storage or str(self.storage)
