@@ -146,7 +146,7 @@ class Objective:
 # ---- searchers through one ask/tell interface ------------------------------------------------
 class OptunaAskTell:
     """An Optuna sampler over a SearchSpace, as the Ray driver's ``SpaceOptunaSearch`` uses it:
-    the space's define-by-run function, the start point enqueued first."""
+    the space's define-by-run function, the start point (every start point) enqueued first."""
 
     def __init__(self, space: Any, sampler: Any, mode: str) -> None:
         import optuna
@@ -154,7 +154,8 @@ class OptunaAskTell:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.space = space
         self.study = optuna.create_study(sampler=sampler, direction="maximize" if mode == "max" else "minimize")
-        self.study.enqueue_trial(space.names_of(space.config_of(space.start_point())))
+        for config in space.start_points or (space.config_of(space.start_point()),):  # in order
+            self.study.enqueue_trial(space.names_of(config))
         self.pending: dict[str, Any] = {}
 
     def ask(self) -> Any:

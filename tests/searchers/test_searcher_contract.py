@@ -1,9 +1,11 @@
 """One contract for every searcher name, through the Ray Tune algorithm the driver builds:
-bounds, types and conditions; failed results; seeded reproducibility; save/restore."""
+bounds, types and conditions; failed results; seeded reproducibility; save/restore; each also on
+a space with start points (the ``points`` searcher only there: it needs them)."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 
 import pytest
@@ -49,9 +51,27 @@ def objective(config):
     return config["loss.lambda"] - abs(math.log(config["batch_size"] / 64)) + (config["loss"] == "supcon")
 
 
-@pytest.fixture
-def space(tmp_path):
-    return space_from_text(tmp_path, SPACE)
+def with_start_points(tmp_path, count):
+    """The space with ``count`` start points (seeded samples of it) appended."""
+    plain = space_from_text(tmp_path, SPACE, name="plain")
+    points = "".join(f"      - {json.dumps(plain.sample(i))}\n" for i in range(count))
+    return space_from_text(tmp_path, SPACE + "    start_points:\n" + points, name="warm")
+
+
+@pytest.fixture(params=["plain", "warm"])
+def space_for(request, tmp_path):
+    """A function of the searcher name: the space it is tested on (the ``warm`` run adds 5 start
+    points, which most searchers evaluate before their own; ``points`` gets 30: it needs more
+    than the budget, and runs on the warm space only)."""
+
+    def make(name):
+        if name == "points":
+            if request.param == "plain":
+                pytest.skip("the points searcher needs start points")
+            return with_start_points(tmp_path, 30)
+        return with_start_points(tmp_path, 5) if request.param == "warm" else space_from_text(tmp_path, SPACE)
+
+    return make
 
 
 def check(config):
@@ -66,7 +86,8 @@ def check(config):
 
 
 @pytest.mark.parametrize("name", searcher_names())
-def test_bounds_types_conditions_and_failed_results(space, name):
+def test_bounds_types_conditions_and_failed_results(space_for, name):
+    space = space_for(name)
     searcher = make_ray_searcher(name, space, metric="score", mode="max", seed=0, num_samples=BUDGET)
     suggested = tune_like(searcher, objective, limit=BUDGET)
     assert len(suggested) == BUDGET
@@ -75,7 +96,9 @@ def test_bounds_types_conditions_and_failed_results(space, name):
 
 
 @pytest.mark.parametrize("name", searcher_names())
-def test_same_seed_same_suggestions(space, name):
+def test_same_seed_same_suggestions(space_for, name):
+    space = space_for(name)
+
     def run(seed):
         searcher = make_ray_searcher(name, space, metric="score", mode="max", seed=seed, num_samples=BUDGET)
         return tune_like(searcher, objective, limit=BUDGET)
@@ -84,7 +107,8 @@ def test_same_seed_same_suggestions(space, name):
 
 
 @pytest.mark.parametrize("name", searcher_names())
-def test_save_restore_continues_identically(space, name, tmp_path):
+def test_save_restore_continues_identically(space_for, name, tmp_path):
+    space = space_for(name)
     whole = tune_like(
         make_ray_searcher(name, space, metric="score", mode="max", seed=2, num_samples=BUDGET),
         objective,
@@ -99,3 +123,12 @@ def test_save_restore_continues_identically(space, name, tmp_path):
     second.restore(str(tmp_path / "state.pkl"))
     tail = tune_like(second, objective, max_concurrent=1, limit=BUDGET, start=9)
     assert head + tail == whole
+
+
+@pytest.mark.parametrize("name", searcher_names())
+def test_start_points_come_first_in_order(tmp_path, name):
+    space = with_start_points(tmp_path, 30 if name == "points" else 5)
+    searcher = make_ray_searcher(name, space, metric="score", mode="max", seed=0, num_samples=BUDGET)
+    suggested = tune_like(searcher, objective, limit=BUDGET)
+    count = min(BUDGET, len(space.start_points))
+    assert suggested[:count] == [dict(p) for p in space.start_points[:count]]

@@ -23,9 +23,14 @@ CORE_RUNTIME = ("space", "seed", "mode", "max_trials", "options")
 SEARCHERS: Registry[Any] = Registry("searcher")
 
 
-def check_searcher(name: str) -> None:
-    """Raise ConfigError unless searcher ``name`` exists and can run here (call before Ray starts)."""
-    SEARCHERS.available(name, "--searcher")
+def check_searcher(name: str, space: Any = None) -> None:
+    """Raise ConfigError unless searcher ``name`` exists and can run here (call before Ray starts);
+    given the ``space``, also unless the searcher can search it (a searcher's ``check_space``, e.g.
+    ``points`` needs the space's ``start_points``)."""
+    entry = SEARCHERS.available(name, "--searcher")
+    check_space = getattr(entry.factory, "check_space", None)
+    if space is not None and callable(check_space):
+        check_space(space)
 
 
 # each searcher module registers itself; the adapters import Ray or Optuna at the top, which a

@@ -94,6 +94,8 @@ def family_coordinate(space: SearchSpace) -> str | None:
 class BalanceSearch:
     """Ask/tell balance search; see the module docstring for the algorithm."""
 
+    starts_at_start_point = True  # its first point is the space's start point (see .warm_start)
+
     def __init__(
         self,
         space: SearchSpace,
@@ -116,12 +118,16 @@ class BalanceSearch:
             raise ValueError(f"family coordinate {fam!r} is not a domain of the space")
         self._family_key = fam
         start = space.start_point()
+        defaults = {d.name: d.start for d in space.domains}
+        # a family starts at the first of the space's start points in it, else at the domains' starts
+        starts = [{**defaults, **space.names_of(config)} for config in space.start_points]
         choices = list(self._domains[fam].choices) if fam else [None]
         if fam is not None:  # the start value's family first
             choices.sort(key=lambda c: c != start[fam])
         self._families: list[dict[str, Any]] = []
         for i, choice in enumerate(choices):
-            point = dict(start) if fam is None else {**start, fam: choice}
+            own = next((p for p in starts if fam is not None and p[fam] == choice), None)
+            point = dict(start) if fam is None else dict(own or {**defaults, fam: choice})
             self._families.append(
                 {
                     "name": str(choice),
@@ -210,6 +216,23 @@ class BalanceSearch:
             if len(line["results"]) == len(line["points"]):
                 self._close(trial["line"], line, family)
 
+    def observe(self, config: dict[str, Any], value: float | None) -> None:
+        """A result found outside the search (a warm start point, :mod:`.warm_start`; before the
+        first ask): recorded, and its family's incumbent if it beats it. A family whose start point
+        was observed explores a Sobol point in its place."""
+        named = self.space.names_of(config)
+        fam = self._family_key
+        family = next((f for f in self._families if fam is None or f["point"][fam] == named.get(fam)), None)
+        point = {**(family or self._families[0])["point"], **named}
+        score = score_of(value, self.mode)
+        self._records[config_key(self.space.config_of(point))] = score
+        if family is None:
+            return
+        family["explored"] += 1
+        if score is not None and (family["score"] is None or score > family["score"]):
+            family["point"], family["score"] = point, score
+            family["version"] += 1
+
     @property
     def finished(self) -> bool:
         if self._budget_left() <= 0:
@@ -271,8 +294,8 @@ class BalanceSearch:
         done = self._sobol_index
         pool = [f for f in self._families if f["alive"]] if alive_only else self._families
         family = pool[done % len(pool)]
-        if done < len(self._families):
-            point = dict(family["point"])  # the family's start point
+        if done < len(self._families) and config_key(self.space.config_of(family["point"])) not in self._records:
+            point = dict(family["point"])  # the family's start point (unless observed already)
         else:
             point = self._sobol_point(family)
         self._sobol_index += 1

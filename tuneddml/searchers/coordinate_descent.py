@@ -65,6 +65,8 @@ class CoordinateDescentOptions:
 class CoordinateDescent:
     """Ask/tell coordinate descent; see the module docstring for the algorithm."""
 
+    starts_at_start_point = True  # its first line holds the space's start point (see .warm_start)
+
     def __init__(
         self,
         space: SearchSpace,
@@ -134,6 +136,18 @@ class CoordinateDescent:
         if not self._finished and self._line is None and not self._queue:
             self._open_line()  # what the next ask would do first; its outcome does not change
         return self._finished or (self._budget_left() <= 0)
+
+    def observe(self, config: dict[str, Any], value: float | None) -> None:
+        """A result found outside the search (a warm start point, :mod:`.warm_start`): recorded, so
+        it is not proposed again, and the new incumbent (before any line opens) if it beats the
+        incumbent's own result."""
+        point = {**self._point, **self.space.names_of(config)}
+        score = score_of(value, self.mode)
+        current = self._records.get(config_key(self.space.config_of(self._point)))
+        self._records[config_key(self.space.config_of(point))] = score
+        if score is not None and self._line is None and (current is None or score > current):
+            self._point = point
+            self._version += 1
 
     def best(self) -> tuple[dict[str, Any], float | None]:
         """The incumbent config and its value in the metric's own sign (None before any result)."""

@@ -13,7 +13,8 @@ for a failed one) and, once the core is finished,
 calls ``study.stop()``. A trial that the core cannot serve (its line still has results pending
 under ``n_jobs > 1``, or the search is finished) and a parameter outside the space are sampled at
 random and not told to the core; a trial whose objective's distribution cannot hold the proposed
-value counts as failed. A space with variants (``key@i``) is suggested by ``space.define_by_run``
+value counts as failed. A space file's ``start_points`` are asked first, in order, as for the Ray
+adapter (:class:`~tuneddml.searchers.warm_start.WarmStart`, their trials counted in ``max_trials``). A space with variants (``key@i``) is suggested by ``space.define_by_run``
 names. The study's direction sets the mode.
 """
 
@@ -31,6 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuneddml.searchers.balance import BalanceOptions, BalanceSearch
 from tuneddml.searchers.coordinate_descent import CoordinateDescent, CoordinateDescentOptions
 from tuneddml.searchers.space import Domain, SearchSpace
+from tuneddml.searchers.warm_start import WarmStart, warm_points
 
 
 def space_from_distributions(
@@ -57,7 +59,10 @@ def space_from_distributions(
 
 class AskTellSampler(BaseSampler):
     """An Optuna sampler around an ask/tell core built by :meth:`make_core` on the first trial
-    (when the study's direction is known)."""
+    (when the study's direction is known), inside a WarmStart where the space has start points."""
+
+    core_class: Any = None  # the class make_core builds (what warm_points reads)
+    max_trials: int | None = None
 
     def __init__(self, space: SearchSpace | Mapping[str, BaseDistribution], *, seed: int | None = None) -> None:
         self.space = space if isinstance(space, SearchSpace) else space_from_distributions(space)
@@ -67,7 +72,7 @@ class AskTellSampler(BaseSampler):
         self._assigned: dict[int, tuple[str, dict[str, Any]]] = {}  # trial number -> (key, config)
         self._mismatched: set[int] = set()
 
-    def make_core(self, mode: str) -> Any:
+    def make_core(self, mode: str, max_trials: int | None) -> Any:
         raise NotImplementedError
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
@@ -83,7 +88,11 @@ class AskTellSampler(BaseSampler):
             if len(study.directions) != 1:
                 raise ValueError(f"{type(self).__name__} optimises a single objective")
             mode = "max" if study.direction == StudyDirection.MAXIMIZE else "min"
-            self.core = self.make_core(mode)
+            warm = warm_points(self.core_class, self.space)
+            if self.max_trials is not None:
+                warm = warm[: self.max_trials]
+            core = self.make_core(mode, None if self.max_trials is None else self.max_trials - len(warm))
+            self.core = WarmStart(core, warm) if warm else core
         got = self.core.ask()
         if isinstance(got, tuple):
             key, config = got
@@ -114,7 +123,8 @@ class AskTellSampler(BaseSampler):
         if assigned is not None and self.core is not None:
             ok = state in (TrialState.COMPLETE, TrialState.PRUNED) and values and not mismatched
             value = values[0] if ok else None  # type: ignore[index]
-            if isinstance(self.core, BalanceSearch):
+            inner = self.core.core if isinstance(self.core, WarmStart) else self.core
+            if isinstance(inner, BalanceSearch):
                 self.core.tell(assigned[0], value, complete=state != TrialState.PRUNED)
             else:
                 self.core.tell(assigned[0], value)
@@ -131,6 +141,8 @@ class AskTellSampler(BaseSampler):
 class CoordinateDescentSampler(AskTellSampler):
     """An Optuna sampler running :class:`~tuneddml.searchers.coordinate_descent.CoordinateDescent`."""
 
+    core_class = CoordinateDescent
+
     def __init__(
         self,
         space: SearchSpace | Mapping[str, BaseDistribution],
@@ -143,12 +155,14 @@ class CoordinateDescentSampler(AskTellSampler):
         self.max_trials = max_trials
         self.options = options
 
-    def make_core(self, mode: str) -> CoordinateDescent:
-        return CoordinateDescent(self.space, mode=mode, seed=self.seed, max_trials=self.max_trials, options=self.options)  # type: ignore[arg-type]
+    def make_core(self, mode: str, max_trials: int | None) -> CoordinateDescent:
+        return CoordinateDescent(self.space, mode=mode, seed=self.seed, max_trials=max_trials, options=self.options)  # type: ignore[arg-type]
 
 
 class BalanceSampler(AskTellSampler):
     """An Optuna sampler running :class:`~tuneddml.searchers.balance.BalanceSearch`."""
+
+    core_class = BalanceSearch
 
     def __init__(
         self,
@@ -162,8 +176,8 @@ class BalanceSampler(AskTellSampler):
         self.max_trials = max_trials
         self.options = options
 
-    def make_core(self, mode: str) -> BalanceSearch:
-        return BalanceSearch(self.space, mode=mode, seed=self.seed, max_trials=self.max_trials, options=self.options)  # type: ignore[arg-type]
+    def make_core(self, mode: str, max_trials: int | None) -> BalanceSearch:
+        return BalanceSearch(self.space, mode=mode, seed=self.seed, max_trials=max_trials, options=self.options)  # type: ignore[arg-type]
 
 
 __all__ = ["AskTellSampler", "BalanceSampler", "CoordinateDescentSampler", "space_from_distributions"]

@@ -26,6 +26,7 @@ from tuneddml.errors import ConfigError
 from tuneddml.searchers import SEARCHERS, check_searcher
 from tuneddml.searchers.coordinate_descent import FINISHED
 from tuneddml.searchers.core import is_core
+from tuneddml.searchers.warm_start import WarmStart, warm_points
 
 
 class AskTellSearcher(Searcher):
@@ -79,7 +80,7 @@ class AskTellSearcher(Searcher):
     def get_state(self) -> dict[str, Any]:
         return {
             "format": STATE_FORMAT,
-            "core_type": type(self.core).__name__,
+            "core_type": core_type(self.core),
             "core": self.core.state_dict(),
             "trials": dict(self._trials),
             "epochs": dict(self._epochs),
@@ -101,7 +102,7 @@ class AskTellSearcher(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         try:
-            state = read_state(Path(checkpoint_path), type(self.core).__name__)
+            state = read_state(Path(checkpoint_path), core_type(self.core))
             self.set_state(state)
         except ConfigError as exc:
             self._restore_error = exc
@@ -114,6 +115,11 @@ class AskTellSearcher(Searcher):
             )
             raise self._restore_error from None
         self._restore_error = None
+
+
+def core_type(core: Any) -> str:
+    """What a saved state is a state of: the core's class name (a WarmStart's: its inner core's)."""
+    return getattr(core, "core_type", None) or type(core).__name__
 
 
 #: the ``format`` field of an :class:`AskTellSearcher`'s state file
@@ -205,13 +211,17 @@ class CoordinateDescentSearch(AskTellSearcher):
 class SpaceOptunaSearch(OptunaSearch):
     """Ray's ``OptunaSearch`` over a SearchSpace: the space's define-by-run function (conditions
     included), the start point evaluated first (so every searcher starts where coordinate descent
-    does), and variant names (``key@i``) mapped back to config keys."""
+    does; every one of the space's ``start_points``, in order, where it lists some, and the
+    sampler learns from their results), and variant names (``key@i``) mapped back to config keys."""
 
     def __init__(self, space: Any, *, metric: str, mode: str, sampler: Any) -> None:
         self.search_space = space
-        start = space.names_of(space.config_of(space.start_point()))
         super().__init__(
-            space=space.define_by_run, metric=metric, mode=mode, sampler=sampler, points_to_evaluate=[start]
+            space=space.define_by_run,
+            metric=metric,
+            mode=mode,
+            sampler=sampler,
+            points_to_evaluate=points_to_evaluate(space),
         )
 
     def restore(self, checkpoint_path: str) -> None:
@@ -235,6 +245,13 @@ class SpaceOptunaSearch(OptunaSearch):
         return None if config is None else self.search_space.keys_of(config)
 
 
+def points_to_evaluate(space: Any) -> list[dict[str, Any]]:
+    """The points an Optuna searcher evaluates first, by domain name: the space's start points
+    (its start point where it lists none)."""
+    starts = space.start_points or (space.config_of(space.start_point()),)
+    return [space.names_of(config) for config in starts]
+
+
 def make_ray_searcher(
     name: str,
     space: Any,
@@ -250,12 +267,18 @@ def make_ray_searcher(
     Every searcher proposes the flat searched keys only (the driver's ``param_space`` carries the
     fixed ones). Coordinate descent, TPE, CMA-ES and random all evaluate the space's start point
     first (balance: every family's start point), so they compare from the same place; grid spends
-    ``num_samples`` on a grid. The budget ``num_samples`` also bounds coordinate descent and the
+    ``num_samples`` on a grid. Where the space lists ``start_points``, every searcher evaluates
+    them all first, in order (a core inside a :class:`~tuneddml.searchers.warm_start.WarmStart`,
+    whose points count against the budget: the core gets what is left), and ``points`` evaluates
+    only them. The budget ``num_samples`` also bounds coordinate descent and the
     balance search (which sizes its exploration by it) and sizes the grid. ``max_concurrent`` is
     enforced by Tune's ``max_concurrent_trials``; here it only turns on TPE's "constant liar" for
     parallel trials. Call :func:`check_searcher` before Ray starts to refuse a bad name early.
     """
-    check_searcher(name)
+    check_searcher(name, space)
+    warm = warm_points(SEARCHERS.get(name).factory, space)
+    if num_samples is not None:
+        warm = warm[:num_samples]
     built = SEARCHERS.build(
         name,
         {},
@@ -266,8 +289,8 @@ def make_ray_searcher(
         seed=seed,
         max_concurrent=max_concurrent,
         num_samples=num_samples,
-        max_trials=num_samples,
+        max_trials=None if num_samples is None else num_samples - len(warm),
     )
     if is_core(built):
-        return AskTellSearcher(built, metric=metric, mode=mode)
+        return AskTellSearcher(WarmStart(built, warm) if warm else built, metric=metric, mode=mode)
     return built

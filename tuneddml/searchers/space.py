@@ -15,6 +15,9 @@ A space file (a shipped ``tuneddml/search_spaces/NAME.yaml``, or any path) looks
       loss.lambda: {uniform: [0.05, 0.95], start: 0.5}
       loss.temperature: {loguniform: [0.01, 1.0], start: 0.1, when: {loss: supcon}}
       sampler.samples_per_class: {int: [2, 8], log: true, start: 4}
+    start_points:                   # optional: evaluated first, in order, by every searcher
+      - {loss: supcon, loss.temperature: 0.07}         # a key left out takes its start
+      - {loss: contrastive, loss.lambda: 0.25, loss.margin: 0.3}
 
 Distributions: ``uniform: [lo, hi]``, ``loguniform: [lo, hi]`` (``lo > 0``), ``int: [lo, hi]``
 (``log: true`` for a log scale), ``choice: [...]``. ``start`` is where coordinate descent starts
@@ -22,6 +25,16 @@ Distributions: ``uniform: [lo, hi]``, ``loguniform: [lo, hi]`` (``lo > 0``), ``i
 value or [values]}`` makes a parameter conditional on an *earlier* parameter of the file (so
 conditions never form a cycle). A key that needs different ranges under different conditions
 (``loss.alpha`` of two losses) is written as a list of variants whose ``when`` exclude each other.
+
+``start_points`` (warm starts: e.g. a paper's published optima, or each loss's best config x each
+``seed`` for a ``searcher: points`` run that only re-evaluates them) are mappings of *searched* keys,
+the flat keys of a trial config; a point may be partial: a key it leaves out takes its domain's
+``start`` (the active variant's), and only keys whose ``when`` hold at the point may be given
+(:mod:`tuneddml.searchers.start_points` checks each value against its domain, and
+:func:`check_values` the points as whole trial configs). The first start point is where every
+searcher starts (:meth:`SearchSpace.start_point`); every searcher evaluates all of them first, in
+order (Optuna's as ``points_to_evaluate``, so TPE learns from them; the ask/tell cores through
+:class:`~tuneddml.searchers.warm_start.WarmStart`), and ``searcher: points`` evaluates exactly them.
 
 Each distribution is one :class:`Domain`; searchers move on the unit interval ``u in [0, 1]``
 (``x = lo + u (hi - lo)``, or ``log x = log lo + u (log hi - log lo)`` on a log scale).
@@ -67,6 +80,8 @@ class SearchSpace:
     scheduler: str = "asha"
     fixed: dict[str, Any] = field(default_factory=dict)
     parameters: dict[str, tuple[Domain, ...]] = field(default_factory=dict)
+    #: the file's ``start_points``, each a full config (the values of its active domains, by key)
+    start_points: tuple[dict[str, Any], ...] = ()
 
     @property
     def domains(self) -> tuple[Domain, ...]:
@@ -77,8 +92,12 @@ class SearchSpace:
         return next(d for d in self.domains if d.name == name)
 
     def start_point(self) -> dict[str, Any]:
-        """A full point: every domain's start value, by domain name (active or not)."""
-        return {d.name: d.start for d in self.domains}
+        """A full point, by domain name (active or not): the first of the ``start_points`` where
+        the file has some, with every other domain at its start value; else every domain's start."""
+        point = {d.name: d.start for d in self.domains}
+        if self.start_points:
+            point.update(self.names_of(self.start_points[0]))
+        return point
 
     def config_of(self, point: Mapping[str, Any]) -> dict[str, Any]:
         """The trial parameters of a full point: the values of its active domains, by key."""
@@ -158,10 +177,11 @@ class SearchSpace:
         check_values(self, dict(fixed), validate, where=self.fixed)
 
     def representative_configs(self) -> list[dict[str, Any]]:
-        """The configs that :func:`load_space` validates: the start point, then every domain at each
-        of its extremes (low, high, start, each choice) with its conditions made true."""
+        """The configs that :func:`load_space` validates: the start point, the ``start_points``,
+        then every domain at each of its extremes (low, high, start, each choice) with its
+        conditions made true."""
         base = self.start_point()
-        configs = {config_key(c): c for c in [self.config_of(base)]}
+        configs = {config_key(c): c for c in [self.config_of(base), *self.start_points]}
         for d in self.domains:
             for value in d.extremes():
                 point = dict(base)
@@ -194,6 +214,14 @@ def load_space(name_or_path: str | Path, *, validate: Validator | None = None) -
     """
     path = find_space(name_or_path)
     space = SearchSpace(**read_space(path))
+    from tuneddml.searchers import SEARCHERS
+
+    check_space = getattr(SEARCHERS.get(space.searcher).factory, "check_space", None)
+    if callable(check_space):  # the file's own searcher must be able to search it
+        try:
+            check_space(space)
+        except ConfigError as exc:
+            raise ConfigError(f"{display_path(path)}: searcher", exc.value, exc.expected) from None
     check_values(space, space.fixed, validate, where=space.fixed)
     return space
 
@@ -221,12 +249,16 @@ def check_values(
                 f"{file}: parameters.{d.key}.when", dict(d.when), "conditions that can all hold"
             )
     start = space.config_of(space.start_point())
+    starts = {config_key(p): i for i, p in reversed(list(enumerate(space.start_points)))}
     for config in space.representative_configs():
         try:
             validate({**fixed, **config})
         except ConfigError as exc:
             key = exc.field
-            if key in space.parameters:
+            index = starts.get(config_key(config))
+            if index is not None and key in config:
+                located = f"{file}: start_points[{index}].{key}"
+            elif key in space.parameters:
                 located = f"{file}: parameters.{key}"
             elif key in where and where[key] == fixed.get(key):
                 located = f"{file}: fixed.{key}"
@@ -237,5 +269,7 @@ def check_values(
             differs = {k: v for k, v in config.items() if start.get(k) != v}
             at = ", ".join(f"{k}={v}" for k, v in (differs or config).items())
             at = at if differs else f"the start point {at}"
+            if index is not None:
+                at = f"start_points[{index}] " + ", ".join(f"{k}={v}" for k, v in config.items())
             expected = f"{exc.expected}; checked at {at}" if exc.expected else f"checked at {at}"
             raise ConfigError(located, exc.value, expected) from None

@@ -18,12 +18,14 @@ from tuneddml.errors import ConfigError
 from tuneddml.results.schema import TERM
 from tuneddml.searchers.branches import expand
 from tuneddml.searchers.domain import KINDS, Domain, config_key
+from tuneddml.searchers.start_points import parse_start_points
 
 MODES = ("max", "min")
 DEFAULT_METRIC = "map_at_r"
 
 TOP_KEYS = (
-    "description", "metric", "mode", "searcher", "num_samples", "scheduler", "preset", "fixed", "parameters"
+    "description", "metric", "mode", "searcher", "num_samples", "scheduler", "preset", "fixed", "parameters",
+    "start_points",
 )
 DOMAIN_KEYS = (*KINDS, "log", "start", "when")
 REPO_ROOT = Path(tuneddml.__file__).resolve().parent.parent
@@ -136,6 +138,7 @@ def read_space(path: Path) -> dict[str, Any]:
         "scheduler": choose("scheduler", "asha", SCHEDULERS),
         "fixed": _with_preset(data.get("preset"), fixed, parameters, where),
         "parameters": parameters,
+        "start_points": parse_start_points(data.get("start_points"), parameters, where),
     }
 
 

@@ -107,7 +107,7 @@ def prepare_search(
         raise ConfigError("--seed", seed, f"an integer in [0, 2**32 - 1 = {SEED_LIMIT - 1}]")
     loaded = load_space(space)
     searcher = searcher or loaded.searcher
-    check_searcher(searcher)
+    check_searcher(searcher, loaded)
     scheduler = scheduler or loaded.scheduler
     SCHEDULERS.get(scheduler, "--scheduler")
     num_samples = loaded.num_samples if num_samples is None else num_samples
