@@ -108,7 +108,7 @@ def test_a_single_model_trainer_refuses_a_fold_checkpoint(tmp_path):
 
     state = read_checkpoint(tmp_path / "trainer.pt")
     single = Trainer(TrialConfig.from_flat({**FAST, "cross_validate": False}))
-    with pytest.raises(Exception):
+    with pytest.raises(TypeError):
         single.load_state_dict(state)
     with pytest.raises(ValueError, match="3-fold"):
         FoldsTrainer(TrialConfig.from_flat({**FAST, "num_folds": 3})).load_state_dict(state)

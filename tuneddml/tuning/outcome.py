@@ -86,7 +86,8 @@ WEIGHTS_FOLDER = "weights"  # in the search's folder: those weights, weights-onl
 
 def save_weights(rows: list[dict], checkpoints: dict[str, str], request: SearchRequest, out: IO[str]) -> dict[str, Path]:
     """The model weights (no optimiser, no RNG) of the best :data:`BEST_WEIGHTS` trials, as
-    weights-only ``torch.save`` files in the search's folder, by trial id."""
+    weights-only ``torch.save`` files in the search's folder, by trial id (a cross-validated
+    trial's: every fold model's, keyed ``fold<i>.<parameter>``)."""
     metric, mode = request.space.metric, request.space.mode
     scored = [r for r in rows if r.get(f"{BEST}{metric}") is not None and r["status"] != "failed"]
     scored.sort(key=lambda r: r[f"{BEST}{metric}"], reverse=mode == "max")
@@ -103,7 +104,11 @@ def save_weights(rows: list[dict], checkpoints: dict[str, str], request: SearchR
             state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
             target = request.folder / WEIGHTS_FOLDER / f"{row['trial_id']}.pt"
             target.parent.mkdir(exist_ok=True)
-            torch.save({k: v.detach().clone() for k, v in state["model"].items()}, target)
+            if state.get("folds"):  # a cross-validated trial: every fold model, keys fold<i>.<param>
+                weights = {f"fold{i}.{k}": v for i, f in enumerate(state["folds"]) for k, v in f["model"].items()}
+            else:
+                weights = state["model"]
+            torch.save({k: v.detach().clone() for k, v in weights.items()}, target)
             saved[row["trial_id"]] = target
         except Exception as exc:  # the weights are a bonus: never cost the search its results
             print(f"warning: weights of trial {row['trial_id']} not saved: {exc}", file=out)

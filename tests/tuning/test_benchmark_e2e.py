@@ -1,0 +1,144 @@
+"""A small benchmark end to end on a two-node loopback Ray cluster (2 losses, 2 trials, 2 folds, 2
+seeds on glyphs-tiny), its driver killed after the first loss and resumed: the leaderboard files,
+the MLflow tree benchmark -> loss -> search -> trials, trials on both nodes, no work done twice."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.tuning.procs import (
+    child_env,
+    free_port,
+    kill_tree_hard,
+    port_open,
+    ray_token_file,
+    short_tmp,
+    start,
+    start_ray_node,
+    stop_tree,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+TINY = ["dataset=glyphs-tiny", "epochs=1", "steps_per_epoch=2", "batch_size=32", "eval_nmi=false"]
+
+
+def benchmark_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tuneddml.benchmark", *args]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Two nodes of one CPU each on 127.0.0.1, with the tests' own Ray token."""
+    folder = tmp_path_factory.mktemp("bench-cluster")
+    ray_tmp = short_tmp("rb")
+    env = child_env(ray_tmp, token=ray_token_file("bench"))
+    port = free_port()
+    head = start_ray_node(folder, env, folder / "head.log", port, head=True)
+    worker = None
+    try:
+        wait_for(lambda: port_open(port), 60, "the Ray head")
+        worker = start_ray_node(folder, env | {"RAY_AUTH_MODE": "token"}, folder / "worker.log", port, head=False)
+        yield f"127.0.0.1:{port}", env
+    finally:
+        for proc in (worker, head):
+            if proc is not None:
+                stop_tree(proc)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _status(record, loss):  # type: ignore[no-untyped-def]
+    try:
+        return json.loads(record.read_text())["losses"].get(loss, {}).get("status")
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def test_a_killed_benchmark_resumes_on_a_two_node_cluster_and_leaves_its_leaderboard(cluster, tmp_path):
+    address, env = cluster
+    storage = tmp_path / "runs"
+    args = [
+        "--losses", "contrastive,supcon", "--trials", "2", "--folds", "2", "--seeds", "2",
+        "--address", address, "--storage", str(storage), "--name", "b",
+        "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+    ]
+    log = tmp_path / "first.log"
+    driver = start(benchmark_command(*args, *TINY), tmp_path, env, log)
+    record = storage / "b" / "benchmark.json"
+    orphans = []
+    try:
+        wait_for(lambda: _status(record, "contrastive") == "done" or driver.poll() is not None, 400, "the first loss")
+        assert driver.poll() is None, log.read_text()[-3000:]
+        orphans = kill_tree_hard(driver)
+    finally:
+        for orphan in orphans:
+            stop_tree(orphan)
+        if driver.poll() is None:
+            stop_tree(driver)
+    state = json.loads(record.read_text())
+    assert state["losses"]["contrastive"]["status"] == "done" and "leaderboard" not in state
+    first = storage / "b" / "searches" / "contrastive"
+    table_written = (first / "results.parquet").stat().st_mtime_ns
+
+    proc = subprocess.run(
+        benchmark_command("--resume", "--name", "b", "--storage", str(storage), "--address", address, "--json"),
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "[1/2] contrastive: done before, not run again" in proc.stderr
+    assert (first / "results.parquet").stat().st_mtime_ns == table_written  # not searched again
+    assert summary["best_loss"] in ("contrastive", "supcon") and summary["failed"] == []
+
+    folder = storage / "b"
+    for name in ("leaderboard.md", "leaderboard.parquet", "seeds.parquet", "leaderboard.png"):
+        assert (folder / name).is_file(), name
+    seeds = pq.read_table(folder / "seeds.parquet").to_pylist()
+    assert sorted((r["loss"], r["seed"]) for r in seeds) == [("contrastive", 1), ("contrastive", 2), ("supcon", 1), ("supcon", 2)]
+    for row in seeds:
+        for key in ("test.map_at_r", "concat.map_at_r", "val.map_at_r", "test.recall_at_1"):
+            assert 0 < row[key] <= 1 and math.isfinite(row[key]), (key, row)
+    board = pq.read_table(folder / "leaderboard.parquet").to_pylist()
+    assert [r["loss"] for r in board] == sorted([r["loss"] for r in board], key=lambda n: -next(
+        x["test.map_at_r.mean"] for x in board if x["loss"] == n))
+    markdown = (folder / "leaderboard.md").read_text()
+    assert "contrastive" in markdown and "supcon" in markdown and "95%" in markdown
+
+    # trials ran on both nodes, and no search trained a trial twice
+    nodes = set()
+    for search, trials in (("contrastive", 2), ("supcon", 2), ("final", 4)):
+        table = pq.read_table(folder / "searches" / search / "results.parquet").to_pylist()
+        assert len(table) == trials and all(r["status"] == "finished" for r in table), search
+        nodes |= {r["node_id"] for r in table}
+    assert len(nodes) == 2
+
+    # MLflow: benchmark -> one run per loss -> that loss's search -> its trials; nothing twice
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "b"]
+    runs = client.search_runs([experiment.experiment_id], max_results=500)
+    by_id = {r.info.run_id: r for r in runs}
+    parent = by_id[summary["parent_run_id"]]
+    assert parent.info.status == "FINISHED" and "tuneddml.benchmark" in parent.data.tags
+    loss_runs = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id and "tuneddml.loss" in r.data.tags]
+    assert sorted(r.data.tags["tuneddml.loss"] for r in loss_runs) == ["contrastive", "supcon"]
+    for run in loss_runs:
+        assert run.info.status == "FINISHED" and 0 < run.data.metrics["test.map_at_r.mean"] <= 1
+        search = by_id[run.data.tags["tuneddml.search_run_id"]]
+        assert search.data.tags["mlflow.parentRunId"] == run.info.run_id
+        trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == search.info.run_id]
+        assert len(trials) == 2  # the resumed search made no second run of a trial
+    final = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id and r.info.run_name == "final"]
+    assert len(final) == 1
+    assert len([r for r in runs if r.data.tags.get("mlflow.parentRunId") == final[0].info.run_id]) == 4
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"leaderboard.md", "leaderboard.parquet", "seeds.parquet", "leaderboard.png"} <= artifacts
