@@ -45,6 +45,15 @@ def _parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue an interrupted search (--name, or the latest)"
     )
     p.add_argument("--seed", type=int, help="seed of the searcher, in [0, 2**32) (default: 0)")
+    p.add_argument(
+        "--reevaluate",
+        type=int,
+        metavar="K",
+        help="at the end, train the best K configurations again with fresh seeds (mean +- 95%% interval each)",
+    )
+    p.add_argument(
+        "--reevaluate-seeds", type=int, default=3, metavar="R", help="seeds of each re-evaluated configuration (default: 3)"
+    )
     p.add_argument("--json", action="store_true", help="end with one JSON line summarising the search")
     p.add_argument(
         "--verbose",
@@ -106,13 +115,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides=parse_overrides(args.overrides),
         seed=args.seed,
     )
+    if args.reevaluate is not None:
+        from tuneddml.tuning.reevaluate import check_reevaluation
+
+        check_reevaluation(request, args.reevaluate, args.reevaluate_seeds)
     checked = time.monotonic() - checked
     out = sys.stderr if args.json else sys.stdout
     summary = run_search(request, stream=out, verbose=args.verbose)
     summary.phases = {"checks": checked, **summary.phases}
     print_summary(summary, request.space.parameters, out)
+    report = summary.to_json()
+    if args.reevaluate is not None and summary.best_config is not None:
+        from tuneddml.tuning.reevaluate import run_reevaluation
+
+        again = run_reevaluation(request, summary, args.reevaluate, args.reevaluate_seeds, out, args.verbose)
+        if again.best_config is not None:
+            first = again.rows[0]
+            print(
+                f"best by the mean over {first['n']} fresh seeds: "
+                f"{format_values(again.best_config)}: {request.space.metric}={first['mean']:.4f} (sd {first['sd']:.4f})",
+                file=out,
+                flush=True,
+            )
+        report["reevaluation"] = {
+            "search": again.search,
+            "best_config": again.best_config,
+            "table": [{**r, "config": r["config"]} for r in again.rows],
+            "files": {k: str(v) for k, v in again.files.items()},
+        }
     if args.json:
-        print(json.dumps(summary.to_json(), default=str))
+        print(json.dumps(report, default=str))
     return 0 if summary.best_config is not None else 1
 
 

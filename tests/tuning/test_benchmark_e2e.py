@@ -142,3 +142,35 @@ def test_a_killed_benchmark_resumes_on_a_two_node_cluster_and_leaves_its_leaderb
     assert len([r for r in runs if r.data.tags.get("mlflow.parentRunId") == final[0].info.run_id]) == 4
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"leaderboard.md", "leaderboard.parquet", "seeds.parquet", "leaderboard.png"} <= artifacts
+
+
+def test_search_reevaluates_its_best_configurations_with_fresh_seeds(cluster, tmp_path):
+    address, env = cluster
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuneddml.search", "--space=quick", "--num-samples", "2", "--reevaluate", "1",
+         "--reevaluate-seeds", "2", "--address", address, "--storage", str(tmp_path / "runs"), "--name", "s",
+         "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--json", "epochs=1", "steps_per_epoch=2"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    first = pq.read_table(tmp_path / "runs" / "s" / "results.parquet").to_pylist()
+    best = max(first, key=lambda r: r["best.map_at_r"])
+    again = pq.read_table(tmp_path / "runs" / "s-reevaluated" / "results.parquet").to_pylist()
+    # the best trial's searched settings, once per fresh seed (not the search's seed 0)
+    assert sorted(r["config.seed"] for r in again) == [1, 2]
+    assert all(r["config.loss.lambda"] == best["config.loss.lambda"] for r in again)
+    values = [r["metric.map_at_r"] for r in again]
+    (row,) = summary["reevaluation"]["table"]
+    assert row["n"] == 2 and row["mean"] == pytest.approx(sum(values) / 2)
+    assert row["first"] == pytest.approx(best["best.map_at_r"])
+    assert summary["reevaluation"]["best_config"] == {"loss": best["config.loss"], "loss.lambda": best["config.loss.lambda"]}
+    assert (tmp_path / "runs" / "s" / "reevaluation.md").is_file()
+    # in MLflow the re-evaluation nests under the search's parent run
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    nested = client.search_runs(
+        [summary["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{summary['parent_run_id']}'"
+    )
+    assert "s-reevaluated" in {r.info.run_name for r in nested}

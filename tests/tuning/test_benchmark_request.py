@@ -121,3 +121,50 @@ def test_the_final_space_retrains_each_best_with_fresh_seeds_on_the_test_classes
     for p in points:
         assert {k: v for k, v in best[p["loss"]].items()}.items() <= p.items()
         assert p["sampler"] == ("npairs" if p["loss"] == "npair" else "m_per_class")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--space=quick", "--reevaluate", "0"], "--reevaluate"),
+        (["--space=quick", "--reevaluate", "2", "--reevaluate-seeds", "0"], "--reevaluate-seeds"),
+    ],
+)
+def test_search_reevaluate_bad_input_exits_2(workdir, capsys, args, needle):
+    from tuneddml.search import main as search_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        search_main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert os.listdir(workdir) == []
+
+
+def test_reevaluation_ranks_configurations_by_their_mean_over_seeds(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tuneddml.tuning.reevaluate import reevaluation_table, top_configs
+
+    search = [  # the search: b had the luckiest draw
+        {"status": "finished", "best.map_at_r": 0.50, "config.loss.lambda": 0.2, "config.seed": 0},
+        {"status": "finished", "best.map_at_r": 0.60, "config.loss.lambda": 0.8, "config.seed": 0},
+        {"status": "failed", "best.map_at_r": None, "config.loss.lambda": 0.5, "config.seed": 0},
+        {"status": "finished", "best.map_at_r": 0.40, "config.loss.lambda": 0.4, "config.seed": 0},
+    ]
+    pq.write_table(pa.Table.from_pylist(search), tmp_path / "search.parquet")
+    found = top_configs(tmp_path / "search.parquet", ["loss.lambda"], "map_at_r", "max", 2)
+    assert found == [{"loss.lambda": 0.8, "_value": 0.60}, {"loss.lambda": 0.2, "_value": 0.50}]
+    again = [
+        {"status": "finished", "metric.map_at_r": v, "config.loss.lambda": lam, "config.seed": s}
+        for lam, s, v in [(0.8, 1, 0.40), (0.8, 2, 0.44), (0.2, 1, 0.52), (0.2, 2, 0.48)]
+    ]
+    pq.write_table(pa.Table.from_pylist(again), tmp_path / "again.parquet")
+    table = reevaluation_table(tmp_path / "again.parquet", found, ["loss.lambda", "seed"], "map_at_r", "max")
+    assert [r["config"] for r in table] == [{"loss.lambda": 0.2}, {"loss.lambda": 0.8}]
+    top = table[0]
+    assert top["mean"] == pytest.approx(0.50) and top["n"] == 2 and top["first"] == 0.50
+    # sd of (0.52, 0.48) = 0.02 * sqrt(2); half-width = t(0.975, 1) * sd / sqrt(2) = 12.706204736 * 0.02
+    assert top["sd"] == pytest.approx(0.028284271, rel=1e-6)
+    assert top["high"] - top["mean"] == pytest.approx(12.706204736 * 0.02, rel=1e-6)
