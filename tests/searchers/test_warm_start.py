@@ -185,12 +185,12 @@ def test_the_balance_search_takes_each_familys_best_point(space):
 
 
 def test_balance_families_start_at_their_own_start_point(tmp_path):
-    text = SPACE + "    start_points: [{loss: contrastive, loss.margin: 0.4}]\n"
+    text = SPACE + "    start_points: [{loss: contrastive, loss.margin: 0.4, loss.lambda: 0.3}]\n"
     space = space_from_text(tmp_path, text)
     assert warm_points(BalanceSearch, space) == []  # one start point: the search starts there itself
     core = BalanceSearch(space, seed=0, max_trials=8)
     first, second = core.ask()[1], core.ask()[1]
-    assert first == {"loss": "contrastive", "loss.lambda": 0.5, "loss.margin": 0.4, "batch_size": 64}
+    assert first == {"loss": "contrastive", "loss.lambda": 0.3, "loss.margin": 0.4, "batch_size": 64}
     # the other family at the domains' starts, not at the start point's values
     assert second == {"loss": "supcon", "loss.lambda": 0.5, "loss.temperature": 0.1, "loss.margin": 1.5, "batch_size": 64}
 
