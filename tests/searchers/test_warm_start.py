@@ -222,3 +222,20 @@ def test_a_restored_warm_start_continues_identically(space, kind, stop):
     second.load_state_dict(state)
     tail = run(second, list(head), 13)
     assert [(k, c) for k, c, _ in tail] == [(k, c) for k, c, _ in whole]
+
+
+def test_the_optuna_sampler_adapter_asks_the_points_first(space):
+    optuna = pytest.importorskip("optuna")
+    from tuneddml.searchers.optuna_sampler import CoordinateDescentSampler
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=CoordinateDescentSampler(space, seed=0, max_trials=8))
+
+    def objective(trial):
+        space.define_by_run(trial)
+        return score(space.keys_of(trial.params))
+
+    study.optimize(objective, n_trials=8)
+    configs = [space.keys_of(t.params) for t in study.trials]
+    assert configs[:3] == FULL and all(c not in FULL for c in configs[3:])
+    assert study.best_value >= score(FULL[2])
