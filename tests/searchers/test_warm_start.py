@@ -239,3 +239,35 @@ def test_the_optuna_sampler_adapter_asks_the_points_first(space):
     configs = [space.keys_of(t.params) for t in study.trials]
     assert configs[:3] == FULL and all(c not in FULL for c in configs[3:])
     assert study.best_value >= score(FULL[2])
+
+
+# the Reality Check's published optima (its table, hand-copied): (alpha, beta, base) of
+# multi-similarity and the normalised-softmax temperature, CUB-200, Cars196, SOP at batch 32
+MLRC_MS = [(0.01, 50.60, 0.56), (14.35, 75.83, 0.66), (8.49, 57.38, 0.41)]
+MLRC_NORMSOFTMAX = [0.1087, 0.0886, 0.0630]
+
+
+def test_shipped_spaces_start_where_they_did_then_take_the_published_optima():
+    from tuneddml.searchers.space import load_space
+
+    margins, proxies, seeds = (load_space(n, validate=lambda flat: None) for n in ("margins", "proxy_counts", "seed_methods"))
+    for space in (margins, proxies, seeds):
+        defaults = {d.name: d.start for d in space.domains}
+        assert space.start_points[0] == space.config_of(defaults)  # the first point is the old start
+    assert [(p["loss.alpha"], p["loss.beta"], p["loss.threshold"]) for p in margins.start_points[1:]] == MLRC_MS
+    assert [p["loss.temperature"] for p in proxies.start_points[1:]] == MLRC_NORMSOFTMAX
+    assert [p["loss.temperature"] for p in seeds.start_points[1:]] == MLRC_NORMSOFTMAX
+    assert all(p["loss"] == "normsoftmax" and p["loss.lambda"] == 0.5 for p in seeds.start_points[1:])
+
+
+def test_the_reality_check_space_runs_its_four_optima():
+    from tuneddml.searchers.space import load_space
+
+    space = load_space("mlrc_optima")  # the trial config's own checks, pml's ranges included
+    assert space.searcher == "points" and space.num_samples == 4 and space.fixed["dataset"] == "cub200"
+    assert [dict(p) for p in space.start_points] == [
+        {"loss": "pml:ContrastiveLoss", "loss.pos_margin": -0.2, "loss.neg_margin": 0.3841},
+        {"loss": "pml:TripletMarginLoss", "loss.margin": 0.0961},
+        {"loss": "pml:NTXentLoss", "loss.temperature": 0.0091},
+        {"loss": "pml:MultiSimilarityLoss", "loss.alpha": 0.01, "loss.beta": 50.60, "loss.base": 0.56},
+    ]
