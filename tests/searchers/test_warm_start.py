@@ -271,3 +271,24 @@ def test_the_reality_check_space_runs_its_four_optima():
         {"loss": "pml:NTXentLoss", "loss.temperature": 0.0091},
         {"loss": "pml:MultiSimilarityLoss", "loss.alpha": 0.01, "loss.beta": 50.60, "loss.base": 0.56},
     ]
+
+
+def test_an_invalid_combination_in_a_start_point_fails_before_ray(tmp_path, monkeypatch, capsys):
+    """Each value is in its range; the trial config refuses the pair (4 does not divide 30)."""
+    import ray
+
+    from tuneddml.search import main
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "combo.yaml"
+    path.write_text(
+        "fixed: {dataset: glyphs-tiny, split: val, epochs: 1}\n"
+        "parameters:\n  batch_size: {choice: [32, 30]}\n  sampler.samples_per_class: {choice: [2, 4]}\n"
+        "start_points: [{batch_size: 32, sampler.samples_per_class: 4}, {batch_size: 30, sampler.samples_per_class: 4}]\n"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main([f"--space={path}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "combo.yaml: start_points[1].sampler.samples_per_class" in err[0]
+    assert "divisor of batch_size=30" in err[0] and not ray.is_initialized()
