@@ -115,6 +115,7 @@ def spaces() -> dict[str, dict[str, Any]]:
             "num_samples": data.get("num_samples"),
             "metric": data.get("metric"),
             "parameters": list(data.get("parameters", {})),
+            "start_points": len(data.get("start_points", ())),
         }
     return out
 
@@ -201,7 +202,8 @@ def _print_spaces(out: IO[str]) -> None:
         _say(
             out,
             f"{name}: {about}{space['searcher']} searcher, {space['scheduler']} scheduler, "
-            f"{space['num_samples']} trials; varies {', '.join(space['parameters'])}",
+            f"{space['num_samples']} trials; varies {', '.join(space['parameters'])}"
+            + (f"; {space['start_points']} start points first" if space["start_points"] else ""),
             "  ",
         )
 

@@ -15,7 +15,7 @@ from tuneddml.searchers.balance import BalanceSearch
 from tuneddml.searchers.coordinate_descent import CoordinateDescent
 from tuneddml.searchers.space import list_spaces, load_space
 
-SHIPPED = ["contrastive_balance", "proxy_counts", "margins", "loss_sampler", "quick", "cub_dinov2"]
+SHIPPED = ["contrastive_balance", "proxy_counts", "margins", "loss_sampler", "quick", "cub_dinov2", "mlrc_optima"]
 DATASET_NAMES = ("glyphs", "glyphs-tiny", "cub200")
 
 

@@ -95,6 +95,9 @@ _RANGE_BY_NAME = {
     **dict.fromkeys(("momentum", "imbalance"), "[0, 1]"),
 }
 _RANGE_BY_CLASS = {
+    # on a distance, a negative positive margin pulls every positive pair: the Reality Check's best
+    # contrastive loss on CUB-200 has pos_margin = -0.2 (search_spaces/mlrc_optima.yaml)
+    ("ContrastiveLoss", "pos_margin"): "(-inf, inf)",
     ("ArcFaceLoss", "margin"): "[0, 180)",
     ("SubCenterArcFaceLoss", "margin"): "[0, 180)",
     ("TupletMarginLoss", "margin"): "[0, 180)",

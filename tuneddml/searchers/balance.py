@@ -38,6 +38,13 @@ searcher keeps coordinate descent at the heart of the balance and fixes those ca
    records the value but never lets a truncated trial become an incumbent or win a line: it
    counts as worse than the fully trained incumbent it is compared with.
 
+**Start points.** A family starts at the first of the space's ``start_points`` that lies in it
+(a start point says nothing of the other families, which start at their domains' starts). With
+several start points the search runs inside a :class:`~tuneddml.searchers.warm_start.WarmStart`:
+every start point is evaluated first, in order, and :meth:`BalanceSearch.observe` makes each
+family's best one its incumbent; a family whose start point was evaluated so explores a Sobol
+point in its place.
+
 When every coordinate of every alive family is settled or has its line in flight and budget is
 left, a free slot gets a further exploration point in an alive family. The
 search ends (:data:`FINISHED`) when ``max_trials`` points have been handed out, or, without a

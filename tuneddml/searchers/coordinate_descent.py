@@ -24,6 +24,10 @@ The algorithm, on the unit interval ``u`` of each numeric domain (log scale wher
   a trial stopped early (``tell(..., complete=False)``, e.g. by ASHA), whose truncated value is not
   comparable with a fully trained incumbent's.
 
+The start point is the space's (its first ``start_points`` entry where it lists some); with several
+start points the search runs inside a :class:`~tuneddml.searchers.warm_start.WarmStart`, which
+evaluates them all first and lets :meth:`CoordinateDescent.observe` start the lines from the best.
+
 The search ends (:data:`FINISHED`) when ``max_trials`` points have been handed out, or when every
 active coordinate is settled at the incumbent. :meth:`state_dict` is plain JSON data.
 """

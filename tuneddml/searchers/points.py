@@ -21,7 +21,8 @@ from tuneddml.searchers.core import FINISHED, Ask, score_of
     summary="evaluates the space's start_points in order (up to the budget), then stops: no search",
 )
 class PointsSearch:
-    """Hands out the space's start points in order, then :data:`FINISHED`."""
+    """Hands out the space's start points in order, then :data:`FINISHED` (``seed`` is taken, as
+    every core takes it, and unused: the order is the file's)."""
 
     evaluates_start_points = True  # no WarmStart around it (see tuneddml.searchers.warm_start)
 

@@ -16,8 +16,8 @@ A space file (a shipped ``tuneddml/search_spaces/NAME.yaml``, or any path) looks
       loss.temperature: {loguniform: [0.01, 1.0], start: 0.1, when: {loss: supcon}}
       sampler.samples_per_class: {int: [2, 8], log: true, start: 4}
     start_points:                   # optional: evaluated first, in order, by every searcher
-      - {loss: supcon, loss.temperature: 0.07}         # a key left out takes its start
-      - {loss: contrastive, loss.lambda: 0.25, loss.margin: 0.3}
+      - {loss: supcon, loss.temperature: 0.07}    # a key left out takes its start
+      - {loss: contrastive, loss.lambda: 0.25}
 
 Distributions: ``uniform: [lo, hi]``, ``loguniform: [lo, hi]`` (``lo > 0``), ``int: [lo, hi]``
 (``log: true`` for a log scale), ``choice: [...]``. ``start`` is where coordinate descent starts
