@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, help="trials per loss, the same for every loss (default: 8)")
     p.add_argument("--folds", type=int, help="class-disjoint folds of the training classes per trial (default: 4)")
     p.add_argument("--seeds", type=int, help="re-trainings of each loss's best configuration (default: 3)")
+    p.add_argument("--preset", help="a published protocol's settings for every trial (python -m tuneddml.catalog presets)")
     p.add_argument("--metric", help="the validation metric that picks each loss's best (default: map_at_r)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: CPUs / --cpus-per-trial)")
     p.add_argument("--cpus-per-trial", type=float, help="CPUs each trial reserves (default: 1)")
@@ -80,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         name=args.name,
         resume=args.resume,
         seed=args.seed,
+        preset=args.preset,
     )
     out = sys.stderr if args.json else sys.stdout
     summary = run_benchmark(request, stream=out, verbose=args.verbose)

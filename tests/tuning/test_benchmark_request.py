@@ -50,6 +50,7 @@ def workdir(tmp_path, monkeypatch):
         (["--losses", "contrastive", "--tracking-uri", "http://127.0.0.1:9"], "--tracking-uri"),
         (["--losses", "contrastive", "--storage", "s3://bucket/x"], "--storage"),
         (["--resume", "--name", "never-ran"], "--name"),
+        (["--losses", "contrastive", "--preset", "nope"], "--preset"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(workdir, capsys, args, needle):

@@ -69,6 +69,7 @@ class BenchmarkRequest:
     resume: bool = False
     seed: int = 0  # the searchers'
     start_points: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # warm starts per loss
+    preset: str | None = None  # a published protocol's settings (tuneddml/presets), under KEY=VALUE
 
     @property
     def folder(self) -> Path:
@@ -91,6 +92,7 @@ class BenchmarkRequest:
             "tracking_uri": self.tracking_uri,
             "seed": self.seed,
             "start_points": self.start_points,
+            "preset": self.preset,
         }
 
     def search_kwargs(self) -> dict[str, Any]:
@@ -149,6 +151,8 @@ def loss_space(request: BenchmarkRequest, loss: str) -> dict[str, Any]:
         "fixed": loss_fixed(request, loss, "val"),
         "parameters": {"loss": {"branches": {loss: "own"}}},
     }
+    if request.preset:
+        space["preset"] = request.preset
     if request.start_points.get(loss):
         space["start_points"] = [{"loss": loss, **p} for p in request.start_points[loss]]
     return space
@@ -179,7 +183,7 @@ def final_space(request: BenchmarkRequest, best: dict[str, dict[str, Any]]) -> d
         own = {k: v for k, v in loss_fixed(request, loss, "test").items() if k in extra}
         for seed in request.seeds:
             points.append({**best[loss], **own, "loss": loss, "seed": seed})
-    return {
+    space = {
         "description": f"benchmark {request.name}: each loss's best configuration re-trained with "
         f"{len(request.seeds)} seeds, scored on the test classes",
         "metric": request.metric,
@@ -191,6 +195,9 @@ def final_space(request: BenchmarkRequest, best: dict[str, dict[str, Any]]) -> d
         "parameters": parameters,
         "start_points": points,
     }
+    if request.preset:
+        space["preset"] = request.preset
+    return space
 
 
 def _default_of(key: str) -> Any:
@@ -229,6 +236,7 @@ def prepare_benchmark(
     resume: bool = False,
     seed: int | None = None,
     start_points: dict[str, list[dict[str, Any]]] | None = None,
+    preset: str | None = None,
 ) -> BenchmarkRequest:
     """Validate every input (ConfigError naming the bad one); starts and writes nothing. Each
     loss's search is checked as ``search`` checks one (its space, its representative trials'
@@ -248,6 +256,7 @@ def prepare_benchmark(
         "--gpus-per-trial": gpus_per_trial,
         "--max-concurrent": max_concurrent,
         "--seed": seed,
+        "--preset": preset,
     }
     if "://" in (storage or ""):
         raise ConfigError("--storage", storage, "a folder (a benchmark keeps its searches in it)")
@@ -266,6 +275,10 @@ def prepare_benchmark(
     if searcher == "points":
         raise ConfigError("--searcher", searcher, "a searcher that proposes configurations (points only repeats given ones)")
     SCHEDULERS.get(scheduler or "fifo", "--scheduler")
+    if preset is not None:
+        from tuneddml.presets import read_preset
+
+        read_preset(preset, "--preset")
     metric = metric or "map_at_r"
     if metric not in metric_keys():
         raise ConfigError("--metric", metric, ", ".join(metric_keys()))
@@ -298,6 +311,7 @@ def prepare_benchmark(
         storage=storage_path,
         seed=seed or 0,
         start_points=dict(start_points or {}),
+        preset=preset,
     )
     # every search as `search` would check it, on space files in a scratch folder
     scratch = Path(tempfile.mkdtemp(prefix="tuneddml-benchmark-"))
@@ -371,4 +385,5 @@ def _resumed(
         resume=True,
         seed=settings["seed"],
         start_points=settings.get("start_points", {}),
+        preset=settings.get("preset"),
     )
