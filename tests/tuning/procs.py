@@ -94,24 +94,49 @@ def start(args: list[str], cwd: Path, env: dict[str, str], log: Path) -> subproc
 
 def stop_tree(proc: subprocess.Popen | psutil.Process, timeout: float = 15.0) -> None:
     """Stop a process and every process it started (Ray's raylet, GCS, workers), by PID."""
-    pid = proc.pid
-    try:
-        root = psutil.Process(pid)
-        tree = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    for p in tree:
+    stop_trees([proc], timeout)
+
+
+def stop_trees(procs: list[subprocess.Popen | psutil.Process], timeout: float = 15.0) -> None:
+    """:func:`stop_tree` of several processes at once: every process of every tree is sent
+    SIGTERM first, then all are waited for together (at most ``timeout`` in all, not each), and
+    the ones still alive are killed."""
+    tree: dict[int, psutil.Process] = {}
+    for proc in procs:
+        try:
+            root = psutil.Process(proc.pid)
+            tree.update((p.pid, p) for p in [root, *root.children(recursive=True)])
+        except psutil.NoSuchProcess:
+            pass
+    for p in tree.values():
         try:
             p.send_signal(signal.SIGTERM)
         except psutil.NoSuchProcess:
             pass
-    _gone, alive = psutil.wait_procs(tree, timeout=timeout)
+    _gone, alive = psutil.wait_procs(list(tree.values()), timeout=timeout)
     for p in alive:
         try:
             p.kill()
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=5)
+
+
+def listening(root: psutil.Process) -> set[tuple[str, str, int]]:
+    """(process name, address, port) of every LISTEN socket of ``root``'s process tree."""
+    try:
+        tree = {p.pid: p for p in [root, *root.children(recursive=True)]}
+    except psutil.NoSuchProcess:
+        return set()
+    found = set()
+    for conn in psutil.net_connections(kind="inet"):  # one scan of the system's sockets
+        if conn.status == psutil.CONN_LISTEN and conn.pid in tree:
+            try:
+                name = tree[conn.pid].name()
+            except psutil.Error:  # a worker that just ended
+                name = "?"
+            found.add((name, conn.laddr.ip, conn.laddr.port))
+    return found
 
 
 def kill_tree_hard(proc: subprocess.Popen) -> list[psutil.Process]:

@@ -63,7 +63,7 @@ def _sharing_trial(config):  # self-contained: it runs in a Ray worker
     from tuneddml.training.loop import resolve_device
 
     start = time.time()
-    time.sleep(config["hold_s"])
+    time.sleep(config["hold_s"][config["share"]])
     # the GPU is Ray's fiction: let device=auto see CUDA as it would on a GPU node
     torch.cuda.is_available = lambda: True
     device = resolve_device("auto")
@@ -125,11 +125,17 @@ def test_half_a_gpu_each_puts_two_trials_on_one_gpu_at_once_and_one_gpu_each_ser
         configure_logging=False,
     )
     try:
-        # one Tuner, each trial with its request's resources: the two halves first, then the wholes
+        # one Tuner, each trial with its request's resources: the two halves first, then the wholes.
+        # The halves hold on for 2 s to overlap; the wholes need not (they may not overlap at all).
+        # Actors are reused as a search reuses them (the halves, running at once, cannot share one;
+        # the second whole may take over the first's worker once it has ended, and no sooner)
         tuner = tune.Tuner(
             tune.with_resources(_sharing_trial, lambda config: trial_resources(requests[config["share"]])),
-            param_space={"share": tune.grid_search(["half", "half", "whole", "whole"]), "hold_s": 2.0},
-            tune_config=tune.TuneConfig(reuse_actors=False),
+            param_space={
+                "share": tune.grid_search(["half", "half", "whole", "whole"]),
+                "hold_s": {"half": 2.0, "whole": 0.5},
+            },
+            tune_config=tune.TuneConfig(reuse_actors=True),
             run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), name="share", verbose=0),
         )
         grid = tuner.fit()

@@ -1,5 +1,9 @@
 """The multi-user tracking backend: an MLflow server on PostgreSQL (Debian's binaries, started and
-stopped by this test), 8 trials running and logging at once, and not one metric lost or doubled."""
+stopped by this test), 4 trials running and logging at once, and not one metric lost or doubled.
+
+(4 trials of 2 epochs, all started at once: several writers on the one server at the same time
+and a history of more than one step per metric, in about half the time of the 8 of 3 epochs it
+used to run, whose 8 worker processes each paid torch's import on the same 2 cores.)"""
 
 from __future__ import annotations
 
@@ -29,8 +33,8 @@ pytestmark = [
     ),
 ]
 
-TRIALS = 8
-EPOCHS = 3
+TRIALS = 4
+EPOCHS = 2
 
 
 def _trial_records(folder: Path) -> dict[str, list[dict]]:
@@ -44,7 +48,7 @@ def _trial_records(folder: Path) -> dict[str, list[dict]]:
     return records
 
 
-def test_eight_concurrent_trials_log_every_epoch_to_mlflow_on_postgres(tmp_path):
+def test_concurrent_trials_log_every_epoch_to_mlflow_on_postgres(tmp_path):
     pytest.importorskip("psycopg", reason="the postgres extra (psycopg[binary]) is not installed")
     from mlflow.tracking import MlflowClient
 

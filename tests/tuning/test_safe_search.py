@@ -1,4 +1,5 @@
-"""Safe by default, on one real search (quick space, 2 trials) shared by the module:
+"""Safe by default, on one real search (quick space, 4 trials; ``conftest.py``'s, shared with
+``test_search_e2e.py``):
 
 - every socket it opens listens on 127.0.0.1 (Ray's GCS, raylet, object manager, runtime-env
   agent, the driver's and each worker's gRPC server; no dashboard), seen while it runs;
@@ -12,61 +13,26 @@ import json
 import logging
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 
-from tests.tuning.procs import child_env, search_command, short_tmp, start, stop_tree
+from tests.tuning.procs import child_env, search_command
 from tuneddml.errors import ConfigError
 from tuneddml.tuning.resume_check import SEARCHER_STATE_FORMAT, check_resumable, refuse_silent_restart
 
-TINY = ["epochs=2", "steps_per_epoch=3"]
 
-
-@pytest.fixture(scope="module")
-def watched(tmp_path_factory):
-    """A real finished quick search (2 trials), and the LISTEN sockets its process tree opened."""
-    cwd = tmp_path_factory.mktemp("search")
-    args = ["--space=quick", "--num-samples", "2", "--storage", str(cwd / "runs"), "--name", "s", *TINY]
-    ray_tmp = short_tmp("rs")
-    proc = start(search_command(*args), cwd, child_env(ray_tmp), cwd / "log")
-    seen: set[tuple[str, str, int]] = set()
-    try:
-        root = psutil.Process(proc.pid)
-        deadline = time.monotonic() + 420
-        while proc.poll() is None and time.monotonic() < deadline:
-            seen |= _listening(root)
-            time.sleep(0.5)
-        assert proc.wait(timeout=30) == 0, (cwd / "log").read_text()[-3000:]
-    finally:
-        if proc.poll() is None:
-            stop_tree(proc)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+@pytest.fixture
+def watched(quick_search):
+    """A real finished quick search (4 trials, the session's, which ``test_search_e2e.py`` reads
+    too), and the LISTEN sockets its process tree opened."""
+    cwd, _summary, seen = quick_search
     return cwd, seen
 
 
 @pytest.fixture
 def finished(watched) -> Path:
     return watched[0]
-
-
-def _listening(root: psutil.Process) -> set[tuple[str, str, int]]:
-    """(process name, address, port) of every LISTEN socket of ``root``'s process tree."""
-    try:
-        tree = {p.pid: p for p in [root, *root.children(recursive=True)]}
-    except psutil.NoSuchProcess:
-        return set()
-    found = set()
-    for conn in psutil.net_connections(kind="inet"):  # one scan of the system's sockets
-        if conn.status == psutil.CONN_LISTEN and conn.pid in tree:
-            try:
-                name = tree[conn.pid].name()
-            except psutil.Error:  # a worker that just ended
-                name = "?"
-            found.add((name, conn.laddr.ip, conn.laddr.port))
-    return found
 
 
 def _loopback(ip: str) -> bool:

@@ -27,6 +27,7 @@ from tests.tuning.procs import (
     start,
     start_ray_node,
     stop_tree,
+    stop_trees,
     wait_for,
 )
 
@@ -55,11 +56,11 @@ def children(uri: str, experiment_id: str, parent: str) -> list:
     return client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
 
 
-@pytest.fixture(scope="module")
-def finished_search(tmp_path_factory):
-    """One small search, shared by the tests that only read what it left."""
-    cwd = tmp_path_factory.mktemp("search")
-    summary = run_search(cwd, "--space=quick", "--num-samples", "4", "--storage", str(cwd / "runs"), *TINY)
+@pytest.fixture
+def finished_search(quick_search):
+    """One small search (4 trials), shared by the tests that only read what it left: the
+    session's (``conftest.py``), which ``test_safe_search.py`` reads too."""
+    cwd, summary, _sockets = quick_search
     return cwd, summary
 
 
@@ -188,8 +189,7 @@ def test_resume_after_the_driver_is_killed_is_exact(tmp_path):
         wait_for(lambda: re.search(r"finished after 3 epochs", log.read_text()), 300, "a trial's end", 0.05)
         orphans = kill_tree_hard(proc)
     finally:
-        for orphan in orphans:
-            stop_tree(orphan)
+        stop_trees(orphans)  # Ray's processes, all at once: a slow one does not hold up the rest
         if proc.poll() is None:
             stop_tree(proc)
     shutil.rmtree(Path(env.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster", ignore_errors=True)
@@ -257,9 +257,7 @@ def auth_cluster(tmp_path_factory):
         wait_for(lambda: _nodes_alive(port, env | {"RAY_AUTH_MODE": "token"}) >= 2, 90, "two live nodes")
         yield f"127.0.0.1:{port}", env
     finally:
-        for proc in (worker, head):
-            if proc is not None:
-                stop_tree(proc)
+        stop_trees([proc for proc in (worker, head) if proc is not None])
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 

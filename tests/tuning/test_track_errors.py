@@ -5,6 +5,7 @@ fails or diverges on purpose, in a second."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import io
 import json
@@ -12,6 +13,7 @@ import math
 import os
 import pickle
 import shutil
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -77,45 +79,88 @@ def fake_trial(params, metric="map_at_r", ended=None):
         tune.report({"epoch": epoch, metric: 0.1 * epoch + params["loss.lambda"] / 10, "diverged": 0, "node_id": node})
 
 
-@pytest.fixture
-def local_search(tmp_path, monkeypatch):
-    """A request maker for searches of the quick space in ``tmp_path``, on a stand-in trainable."""
+@contextlib.contextmanager
+def _stderr_to(path: Path):
+    """The file descriptor 2 (Ray's processes, its C++ logging) and ``sys.stderr`` (Python's) into
+    ``path`` while the block runs, as ``capfd`` would read them (the fixture below is the module's,
+    capfd a test's own). ``sys.stderr`` is a writer on descriptor 2 for the block: a logging
+    handler that keeps it writes to wherever descriptor 2 goes afterwards."""
+    saved = os.dup(2)
+    stream = open(2, "w", buffering=1, closefd=False, errors="replace")
+    try:
+        with open(path, "wb") as handle:
+            os.dup2(handle.fileno(), 2)
+            with contextlib.redirect_stderr(stream):
+                yield
+            stream.flush()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@pytest.fixture(scope="module")
+def again(tmp_path_factory):
+    """One search of the quick space (3 trials, one at a time) on the stand-in trainable, run in
+    two goes by the same name: the first fails before its first trial (its searcher cannot be
+    built); the second runs the 3 trials, of which one fails and one diverges. What the first go
+    left and what the second printed are kept for the tests that read them."""
+    from mlflow.tracking import MlflowClient
+
+    import tuneddml.searchers.ray_searcher as ray_searcher
     import tuneddml.tuning.trainable as trainable
+    from tuneddml.tuning.driver import run_search
     from tuneddml.tuning.request import prepare_search
 
+    tmp_path = tmp_path_factory.mktemp("errs")
     ray_tmp = short_tmp("rt")
-    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
-    monkeypatch.setenv("TUNEDDML_MLFLOW_FLUSH_S", "60")
-    monkeypatch.setattr(trainable, "train_trial", fake_trial)
-    # Ray's workers import the stand-in trainable from this module: the repository on their path
-    path = os.environ.get("PYTHONPATH")
-    monkeypatch.setenv("PYTHONPATH", str(ROOT) + (os.pathsep + path if path else ""))
-    monkeypatch.chdir(tmp_path)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
+        monkeypatch.setenv("TUNEDDML_MLFLOW_FLUSH_S", "60")
+        monkeypatch.setattr(trainable, "train_trial", fake_trial)
+        # Ray's workers import the stand-in trainable from this module: the repository on their path
+        path = os.environ.get("PYTHONPATH")
+        monkeypatch.setenv("PYTHONPATH", str(ROOT) + (os.pathsep + path if path else ""))
+        monkeypatch.chdir(tmp_path)
 
-    def request(name: str):
-        return prepare_search(
-            space="quick", num_samples=3, max_concurrent=1, storage=str(tmp_path / "runs"), name=name,
-            tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        )
+        def request():
+            return prepare_search(
+                space="quick", num_samples=3, max_concurrent=1, storage=str(tmp_path / "runs"), name="again",
+                tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+            )
 
-    yield request
-    shutil.rmtree(ray_tmp, ignore_errors=True)
+        def broken(*args, **kwargs):
+            raise RuntimeError("the searcher could not be built")
+
+        first = request()
+        with monkeypatch.context() as patched:
+            patched.setattr(ray_searcher, "make_ray_searcher", broken)
+            with pytest.raises(RuntimeError, match="could not be built"):
+                run_search(first, stream=io.StringIO())
+        experiment = MlflowClient(first.tracking_uri).get_experiment_by_name("quick")
+        left = {
+            "folder": first.folder.exists(),
+            "runs": MlflowClient(first.tracking_uri).search_runs([experiment.experiment_id]),
+        }
+        out = io.StringIO()
+        with _stderr_to(tmp_path / "stderr.txt"):
+            summary = run_search(request(), stream=out)  # the same name, accepted again
+        err = (tmp_path / "stderr.txt").read_text(errors="replace")
+    try:
+        yield {"summary": summary, "console": out.getvalue(), "err": err, "left": left, "folder": tmp_path}
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_a_trials_own_message_reaches_the_console_mlflow_the_table_and_the_report(local_search, capfd, tmp_path):
+def test_a_trials_own_message_reaches_the_console_mlflow_the_table_and_the_report(again, capfd):
     from mlflow.tracking import MlflowClient
 
     from tuneddml.plots import draw_learning_curves
     from tuneddml.report import main as report_main
     from tuneddml.results import load_results
-    from tuneddml.tuning.driver import run_search
 
-    out = io.StringIO()
-    summary = run_search(local_search("errs"), stream=out)
-    console = out.getvalue()
-    err = capfd.readouterr().err
+    summary, console, err, tmp_path = again["summary"], again["console"], again["err"], again["folder"]
     table = {r["config.loss"] + str(r["config.loss.lambda"]): r for r in pq.read_table(summary.results_file).to_pylist()}
     assert summary.counts == {"failed": 1, "diverged": 1, "finished": 1}, console
     failed = next(r for r in table.values() if r["status"] == "failed")
@@ -156,29 +201,15 @@ def test_a_trials_own_message_reaches_the_console_mlflow_the_table_and_the_repor
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_a_search_that_fails_before_its_first_trial_can_be_run_again_by_name(local_search, monkeypatch):
+def test_a_search_that_fails_before_its_first_trial_can_be_run_again_by_name(again):
     from mlflow.tracking import MlflowClient
 
-    import tuneddml.searchers.ray_searcher as ray_searcher
-    from tuneddml.tuning.driver import run_search
-
-    real = ray_searcher.make_ray_searcher
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("the searcher could not be built")
-
-    monkeypatch.setattr(ray_searcher, "make_ray_searcher", broken)
-    request = local_search("again")
-    with pytest.raises(RuntimeError, match="could not be built"):
-        run_search(request, stream=io.StringIO())
-    assert not request.folder.exists()
-    client = MlflowClient(request.tracking_uri)
-    experiment = client.get_experiment_by_name("quick")
-    assert client.search_runs([experiment.experiment_id]) == []  # the parent run is gone
-
-    monkeypatch.setattr(ray_searcher, "make_ray_searcher", real)
-    summary = run_search(local_search("again"), stream=io.StringIO())  # the same name, accepted again
+    summary = again["summary"]
+    assert not again["left"]["folder"]
+    assert again["left"]["runs"] == []  # the parent run is gone
+    client = MlflowClient(summary.tracking_uri)
+    # the same name, accepted again
     assert sum(summary.counts.values()) == 3 and summary.results_file.exists()
     assert [r.info.run_id for r in client.search_runs(
-        [experiment.experiment_id], filter_string="tags.`tuneddml.search` = 'again'"
+        [summary.experiment_id], filter_string="tags.`tuneddml.search` = 'again'"
     )] == [summary.parent_run_id]
