@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import subprocess
 import sys
 
@@ -14,14 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.tuning.procs import (
-    child_env,
-    free_port,
     kill_tree_hard,
-    port_open,
-    ray_token_file,
-    short_tmp,
     start,
-    start_ray_node,
     stop_tree,
     wait_for,
 )
@@ -35,26 +28,6 @@ def benchmark_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "tuneddml.benchmark", *args]
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """Two nodes of one CPU each on 127.0.0.1, with the tests' own Ray token."""
-    folder = tmp_path_factory.mktemp("bench-cluster")
-    ray_tmp = short_tmp("rb")
-    env = child_env(ray_tmp, token=ray_token_file("bench"))
-    port = free_port()
-    head = start_ray_node(folder, env, folder / "head.log", port, head=True)
-    worker = None
-    try:
-        wait_for(lambda: port_open(port), 60, "the Ray head")
-        worker = start_ray_node(folder, env | {"RAY_AUTH_MODE": "token"}, folder / "worker.log", port, head=False)
-        yield f"127.0.0.1:{port}", env
-    finally:
-        for proc in (worker, head):
-            if proc is not None:
-                stop_tree(proc)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-
-
 def _status(record, loss):  # type: ignore[no-untyped-def]
     try:
         return json.loads(record.read_text())["losses"].get(loss, {}).get("status")
@@ -62,8 +35,9 @@ def _status(record, loss):  # type: ignore[no-untyped-def]
         return None
 
 
-def test_a_killed_benchmark_resumes_on_a_two_node_cluster_and_leaves_its_leaderboard(cluster, tmp_path):
-    address, env = cluster
+def test_a_killed_benchmark_resumes_on_a_two_node_cluster_and_leaves_its_leaderboard(auth_cluster, tmp_path):
+    """On the session's 2-node cluster (tests/tuning/conftest.py: auth_cluster)."""
+    address, env = auth_cluster
     storage = tmp_path / "runs"
     args = [
         "--losses", "contrastive,supcon", "--trials", "2", "--folds", "2", "--seeds", "2",
@@ -144,8 +118,8 @@ def test_a_killed_benchmark_resumes_on_a_two_node_cluster_and_leaves_its_leaderb
     assert {"leaderboard.md", "leaderboard.parquet", "seeds.parquet", "leaderboard.png"} <= artifacts
 
 
-def test_search_reevaluates_its_best_configurations_with_fresh_seeds(cluster, tmp_path):
-    address, env = cluster
+def test_search_reevaluates_its_best_configurations_with_fresh_seeds(auth_cluster, tmp_path):
+    address, env = auth_cluster
     proc = subprocess.run(
         [sys.executable, "-m", "tuneddml.search", "--space=quick", "--num-samples", "2", "--reevaluate", "1",
          "--reevaluate-seeds", "2", "--address", address, "--storage", str(tmp_path / "runs"), "--name", "s",

@@ -20,12 +20,9 @@ from tests.tuning.procs import (
     child_env,
     free_port,
     kill_tree_hard,
-    port_open,
     ray_token_file,
     search_command,
-    short_tmp,
     start,
-    start_ray_node,
     stop_tree,
     stop_trees,
     wait_for,
@@ -238,29 +235,6 @@ def test_resume_after_the_driver_is_killed_is_exact(tmp_path):
         assert sorted(seconds) == [1, 2, 3] and all(len(v) == 1 for v in seconds.values()), records
 
 
-@pytest.fixture(scope="module")
-def auth_cluster(tmp_path_factory):
-    """A 2-node loopback Ray cluster with Ray's default security. Its token is the tests' own
-    (``RAY_AUTH_TOKEN_PATH``, never the user's ``~/.ray``); the head is started with no
-    ``RAY_AUTH_MODE`` and turns token auth on because a token exists (as it does on any machine
-    where a local search has run); the joining worker node exports ``RAY_AUTH_MODE=token``, which
-    Ray requires of a node joining by address."""
-    folder = tmp_path_factory.mktemp("cluster")
-    ray_tmp = short_tmp("rt")
-    env = child_env(ray_tmp, token=ray_token_file("cluster"))
-    port = free_port()
-    head = start_ray_node(folder, env, folder / "head.log", port, head=True)
-    worker = None
-    try:
-        wait_for(lambda: port_open(port), 60, "the Ray head")
-        worker = start_ray_node(folder, env | {"RAY_AUTH_MODE": "token"}, folder / "worker.log", port, head=False)
-        wait_for(lambda: _nodes_alive(port, env | {"RAY_AUTH_MODE": "token"}) >= 2, 90, "two live nodes")
-        yield f"127.0.0.1:{port}", env
-    finally:
-        stop_trees([proc for proc in (worker, head) if proc is not None])
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-
-
 def test_two_node_cluster_runs_trials_on_both_nodes(auth_cluster, tmp_path):
     """The driver gets only what a user has: the cluster's token (here RAY_AUTH_TOKEN_PATH; on a
     machine, ~/.ray/auth_token), no RAY_AUTH_MODE."""
@@ -304,24 +278,6 @@ def test_the_cluster_refuses_a_driver_without_its_token(auth_cluster, tmp_path, 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     with pytest.raises(ConfigError, match="RAY_AUTH_MODE unset or token"):
         check_address(address)
-
-
-def _nodes_alive(port: int, env: dict[str, str]) -> int:
-    code = (
-        "import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False, logging_level='ERROR'); "
-        "print(sum(n['Alive'] for n in ray.nodes())); ray.shutdown()"
-    )
-    proc = subprocess.run(
-        [search_command()[0], "-c", code, f"127.0.0.1:{port}"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    try:
-        return int(proc.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return 0
 
 
 def test_the_mlflow_ui_compares_the_trials(finished_search, tmp_path):
