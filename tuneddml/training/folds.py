@@ -18,9 +18,12 @@ reports:
 The folds run in one trial (one process) rather than as parallel Ray trials: the trial's value is
 then one result the searcher and the scheduler (ASHA compares means at each rung) see at once, a
 checkpoint holds all fold models at one epoch, and parallelism comes from running several
-configurations at once. The fold models share the process's global torch random state in a fixed
-order, so the trial is exactly reproducible and resumable, but fold model ``i`` of a
-cross-validated trial is not bit-identical to a single-fold trial of fold ``i``.
+configurations at once (measured in bench/RESULTS.md: one trial per fold costs 1.3-1.4x the
+CPU). Each fold model draws its batches and augmentation from its own generators, so with the
+defaults fold model ``i`` equals a single-fold trial of fold ``i`` to every digit (measured); the
+fold models do share the process's global torch random state, in a fixed order, so a component
+that draws from it (dropout, a random miner) makes them differ slightly, while the trial stays
+reproducible and resumable.
 
 The paper also picks each fold model's best epoch on its validation fold; here every fold model
 trains for the trial's ``epochs``.
