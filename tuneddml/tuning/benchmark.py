@@ -186,15 +186,17 @@ def _search(request: BenchmarkRequest, name: str, tags: dict[str, str], out: IO[
     kwargs = request.search_kwargs()
     if resume:
         try:
-            search = prepare_search(space=str(space), name=name, resume=True, address=request.address,
-                                    storage=kwargs["storage"])
+            search = prepare_search(
+                space=str(space), name=name, resume=True, address=request.address, storage=kwargs["storage"],
+                address_checked=True,
+            )
         except ConfigError as exc:  # killed before Ray wrote anything: start the search again
             aside = searches / f"{name}.unresumable-{time.strftime('%Y%m%d-%H%M%S')}"
             print(f"warning: search {name} cannot resume ({exc}); started again, the old one kept in {aside}", file=out)
             shutil.move(str(searches / name), aside)
             resume = False
     if not resume:
-        search = prepare_search(space=str(space), name=name, **kwargs)
+        search = prepare_search(space=str(space), name=name, address_checked=True, **kwargs)
         search.experiment = request.name
         search.tags = dict(tags)
     summary = run_search(search, stream=out, verbose=verbose)

@@ -322,6 +322,7 @@ def prepare_benchmark(
             path = write_space(scratch / f"{loss}.yaml", loss_space(request, loss))
             checked = prepare_search(space=str(path), name=loss, **kwargs)
             first = first or checked
+            kwargs["address_checked"] = True  # the cluster was asked once
         assert first is not None
         request.tracking_uri = first.tracking_uri
         request.max_concurrent = first.max_concurrent
@@ -357,6 +358,10 @@ def _resumed(
     if state.get("format") != BENCHMARK_FORMAT:
         raise ConfigError("--name", name, f"a benchmark record of format {BENCHMARK_FORMAT}")
     settings = state["settings"]
+    if address is not None:
+        from tuneddml.tuning.request import _check_address
+
+        _check_address(address)
     changed = [f"{flag} {value}" for flag, value in given.items() if value is not None]
     if overrides:
         changed.append(" ".join(f"{k}={v}" for k, v in overrides.items()))
