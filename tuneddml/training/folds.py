@@ -32,7 +32,6 @@ trains for the trial's ``epochs``.
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
@@ -119,21 +118,9 @@ class FoldsTrainer:
         out.update({f"{ENSEMBLE}{k}": v for k, v in ensemble.items()})
         return out
 
-    def run(self, reporter: Reporter | None = None) -> TrialResult:
-        start = time.perf_counter() - self._elapsed_before
-        while self.epoch < self.config.epochs:
-            t0 = time.perf_counter()
-            terms = self.train_epoch()
-            t1 = time.perf_counter()
-            metrics = self.evaluate()
-            t2 = time.perf_counter()
-            report = EpochReport(self.epoch, self.config.epochs, metrics, terms, t1 - t0, t2 - t1, t2 - start)
-            self.history.append(report)
-            self._elapsed_before = t2 - start
-            if reporter is not None:
-                reporter(report, self)
-        final = self.history[-1].metrics if self.history else self.evaluate()
-        return TrialResult(self.config, final, list(self.history), time.perf_counter() - start)
+    # the epochs, the reports and the result exactly as a single model's (Trainer.run reads only
+    # train_epoch, evaluate, config, epoch, history and the elapsed time, which this class has)
+    run = Trainer.run
 
     # -- checkpoints: every fold model's trainer state, in one file ---------------------------
     def state_dict(self) -> dict[str, Any]:
