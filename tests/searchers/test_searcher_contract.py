@@ -62,12 +62,11 @@ def with_start_points(tmp_path, count):
 def space_for(request, tmp_path):
     """A function of the searcher name: the space it is tested on (the ``warm`` run adds 5 start
     points, which most searchers evaluate before their own; ``points`` gets 30: it needs more
-    than the budget, and runs on the warm space only)."""
+    than the budget: it has no plain run, a space without start points being refused, which
+    tests/searchers/test_points.py checks)."""
 
     def make(name):
         if name == "points":
-            if request.param == "plain":
-                pytest.skip("the points searcher needs start points")
             return with_start_points(tmp_path, 30)
         return with_start_points(tmp_path, 5) if request.param == "warm" else space_from_text(tmp_path, SPACE)
 
