@@ -106,7 +106,7 @@ def run_reevaluation(request: Any, summary: Any, top: int, seeds: int, out: IO[s
         name=name,
         resume=resume,
         overrides=None if resume else request.overrides,
-        storage=str(request.storage) if not request.ray_storage.count("://") else request.ray_storage,
+        storage=request.ray_storage if "://" in request.ray_storage else str(request.storage),
         cpus_per_trial=None if resume else request.cpus_per_trial,
         gpus_per_trial=None if resume else request.gpus_per_trial,
         address=request.address,
