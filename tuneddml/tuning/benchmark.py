@@ -176,7 +176,6 @@ def _eta(state: dict[str, Any], request: BenchmarkRequest) -> str:
 
 def _search(request: BenchmarkRequest, name: str, tags: dict[str, str], out: IO[str], verbose: bool) -> tuple[Any, set[str]]:
     """Run (or resume) one of the benchmark's searches; its summary and its searched keys."""
-    from tuneddml.searchers.space import load_space
     from tuneddml.tuning.driver import run_search
     from tuneddml.tuning.request import prepare_search
 
@@ -200,7 +199,7 @@ def _search(request: BenchmarkRequest, name: str, tags: dict[str, str], out: IO[
         search.experiment = request.name
         search.tags = dict(tags)
     summary = run_search(search, stream=out, verbose=verbose)
-    return summary, set(load_space(space).parameters)
+    return summary, set(search.space.parameters)  # the space prepare_search loaded
 
 
 def _link(run: Any, loss: str, search_run_id: str, out: IO[str]) -> None:
@@ -249,7 +248,7 @@ def _finish(
     out: IO[str],
 ) -> BenchmarkSummary:
     from tuneddml.plots import save_leaderboard_figure
-    from tuneddml.results.leaderboard import build_leaderboard, leaderboard_markdown, write_leaderboard
+    from tuneddml.results.leaderboard import build_leaderboard, write_leaderboard
 
     searched = {
         loss: {"val": s.get("best_value"), "trials": sum((s.get("trials") or {}).values()), "search": s["search"]}
@@ -282,7 +281,7 @@ def _finish(
     state["leaderboard"] = {k: str(v) for k, v in files.items()}
     state["best_loss"] = board.best
     _save(state, request.folder / BENCHMARK_FILE)
-    markdown = leaderboard_markdown(board, title=title, meta=meta)
+    markdown = files["markdown"].read_text()  # the page just written
     print(f"\n{markdown}", file=out)
     print(f"leaderboard: {files.get('markdown', request.folder)}", file=out, flush=True)
     return BenchmarkSummary(

@@ -83,7 +83,6 @@ def top_configs(results_file: Path, searched: list[str], metric: str, mode: str,
 
 def run_reevaluation(request: Any, summary: Any, top: int, seeds: int, out: IO[str], verbose: bool = False) -> Reevaluation:
     """Re-train the search's best ``top`` configurations with ``seeds`` fresh seeds; the table."""
-    from tuneddml.searchers.space import load_space
     from tuneddml.tuning.benchmark_request import write_space
     from tuneddml.tuning.driver import run_search
     from tuneddml.tuning.request import prepare_search
@@ -116,7 +115,7 @@ def run_reevaluation(request: Any, summary: Any, top: int, seeds: int, out: IO[s
         again.experiment = request.experiment or space.name
         again.tags = {"mlflow.parentRunId": summary.parent_run_id}
     result = run_search(again, stream=out, verbose=verbose)
-    table = reevaluation_table(result.results_file, found, list(load_space(path).parameters), space.metric, space.mode)
+    table = reevaluation_table(result.results_file, found, list(again.space.parameters), space.metric, space.mode)
     files = write_reevaluation(table, request.folder, space.metric, seed_list)
     best = dict(table[0]["config"]) if table and table[0]["n"] else None
     for line in _lines(table, space.metric, seed_list):
