@@ -112,6 +112,54 @@ def test_every_summary_is_whole_and_plain():
     assert summary(DATASETS.get("glyphs-xl")).endswith("to check a default or a searcher on).")
 
 
+# a source, then whether it is as published or what differs; or no paper, or pml's own class
+FOLLOWS_FORM = re.compile(r".+?\. (As published|Differs: )|no paper: |pytorch-metric-learning's .+ itself")
+
+
+def test_every_method_says_what_it_follows_and_the_catalog_shows_it(capsys):
+    """Each loss, sampler, miner and embedding augmenter names its source and what differs from it
+    (a docstring paragraph ``Follows: ...``), and the catalog prints that same line."""
+    from tuneddml.catalog import METHOD_KINDS, catalog, follows
+
+    missing = []
+    for kind, name, entry in _entries():
+        if kind not in METHOD_KINDS:
+            continue
+        line = follows(entry)
+        if line is None or not FOLLOWS_FORM.match(line) or REST.search(line):
+            missing.append(f"{kind} {name}: {line!r}")
+    assert not missing, "\n".join(missing)
+    assert catalog("loss")["loss"]["supcon"]["follows"] == follows(component_registries()["loss"].get("supcon"))
+    assert main(["losses"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "follows: " + follows(component_registries()["loss"].get("proxy_anchor")) in printed
+
+
+def test_follows_reads_only_its_own_paragraph():
+    from tuneddml.catalog import follows
+    from tuneddml.registry import Registry
+
+    registry: Registry[object] = Registry("thing")
+
+    @registry.register("a")
+    class A:
+        """Summary.
+
+        Follows: Someone 2020, its
+        ``loss``. Differs: nothing
+        much.
+
+        Parameters: none.
+        """
+
+    @registry.register("b")
+    class B:
+        """Summary without the paragraph; a line that says Follows: inside is not one."""
+
+    assert follows(registry.get("a")) == "Someone 2020, its 'loss'. Differs: nothing much."
+    assert follows(registry.get("b")) is None
+
+
 def test_the_catalog_narrows_to_one_kind(capsys):
     assert main(["losses"]) == 0
     text = capsys.readouterr().out

@@ -42,6 +42,23 @@ def balance_text(prefix: str, name: str) -> str | None:
     )
 
 
+#: the kinds of component that are methods of a paper: each says in its docstring what it follows
+METHOD_KINDS: tuple[str, ...] = ("loss", "sampler", "miner", "embedding_aug")
+FOLLOWS = "Follows:"
+
+
+def follows(entry: Entry[Any]) -> str | None:
+    """The docstring paragraph that starts ``Follows:`` (which paper equation or official code the
+    method follows, and what it simplifies), plain and on one line, without the word; None if the
+    docstring has none."""
+    doc = inspect.getdoc(entry.factory) or ""
+    for paragraph in doc.split("\n\n"):
+        text = paragraph.strip()
+        if text.startswith(FOLLOWS):
+            return plain(text[len(FOLLOWS) :])
+    return None
+
+
 def summary(entry: Entry[Any]) -> str:
     """An entry's summary, whole and plain: the first sentence of its docstring (which the
     registry's one-line summary may cut mid-way), or the summary it was registered with."""
@@ -67,6 +84,8 @@ def _entry(prefix: str, entry: Entry[Any]) -> dict[str, Any]:
         out["family"] = entry.factory.family  # type: ignore[attr-defined]
     if b := balance_text(prefix, entry.name):
         out["balance"] = b
+    if prefix in METHOD_KINDS:
+        out["follows"] = follows(entry)
     out["params"] = {p.name: _spec(p) for p in (*entry.params, *(BACKBONE_SPECS if prefix == "backbone" else ()))}
     if entry.runtime_params and prefix == "dataset":
         out["trial_sets"] = {p.name: _spec(p) for p in entry.runtime_params}
@@ -173,6 +192,8 @@ def _print_components(prefix: str, registry: Registry[Any], out: IO[str]) -> Non
         balance = balance_text(prefix, name)
         if balance:
             _say(out, f"balance: {balance}", "      ", "          ")
+        if prefix in METHOD_KINDS and (line := follows(entry)):
+            _say(out, f"follows: {line}", "      ", "          ")
         for p in entry.params:
             print(f"      {p.describe()}", file=out)
         if prefix == "dataset":

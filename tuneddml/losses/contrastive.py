@@ -81,6 +81,11 @@ class ContrastiveLoss(BaseLoss):
     MAP@R (2 seeds, fixed number of training samples) stays at 0.25 from batch 32 to 256 under
     ``nonzero``; under ``all`` it is 0.25 up to batch 128 and 0.75 at 256; under ``anchor_sum`` it
     moves 0.9 -> 0.97 -> 0.97 -> 0.997 (batch 32, 64, 128, 256).
+
+    Follows: Hadsell, Chopra & LeCun 2006 in pytorch-metric-learning's ``ContrastiveLoss`` form (cosine
+    similarity, ``pos_margin``/``neg_margin``, ``AvgNonZeroReducer``), which the tests compare against.
+    As published at ``aggregation="nonzero"`` and ``lambda = 0.5``; ``all`` and ``anchor_sum`` are this
+    project's aggregations.
     """
 
     family: ClassVar[Family] = "pair"

@@ -70,6 +70,10 @@ class ContrastiveBayesianLoss(BaseLoss):
     [0, 1] (0.1); ``form`` ``"log"`` (default) or ``"sqrt"``. The mining margin is the miner's
     ``epsilon`` (0.1 by default, the paper's margin). The released code's third form,
     ``"constant"`` (no logarithm, with two more weights), is not offered.
+
+    Follows: Kan et al. 2023 (CBML), its pos/neg posteriors and metric-variance constraint as in the
+    authors' released code (likelihood ratios summed inside the logarithm, multi-similarity mining).
+    Differs: the code's third form (``constant``, no logarithm, two more weights) is not offered.
     """
 
     family: ClassVar[Family] = "pair"

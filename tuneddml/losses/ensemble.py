@@ -54,6 +54,10 @@ class EnsembleLoss(MemberLoss):
       logits ``theta`` are the parameter ``parts.weight_logits``, trained with ``proxy_lr``).
     - ``weights``: fixed weights ``omega_k``, comma-separated non-negative numbers, one per member
       (default ``""``: all 1); ignored when learnable.
+
+    Follows: Zabihzadeh et al. 2022, several losses on one shared backbone with weights learnt end to
+    end. Differs: the learnt weighting is Kendall, Gal & Cipolla's uncertainty weighting on the simplex
+    (this implementation's choice, not the paper's own weight update).
     """
 
     def __init__(

@@ -54,6 +54,10 @@ class HybridLoss(MemberLoss):
     Members use their defaults for parameters the spec does not set, and their own default miner.
     The paper's global/local feature branches and second-order attention belong to the backbone,
     not to the loss, and are not part of this component.
+
+    Follows: the 2022 hybrid-loss paper's loss, a pair-based plus a proxy-based loss on the same
+    embeddings. Differs: its global/local feature branches and second-order attention (backbone parts)
+    are not implemented; the learnable weighting is Kendall et al.'s on the simplex.
     """
 
     balance: ClassVar[Balance | None] = Balance(

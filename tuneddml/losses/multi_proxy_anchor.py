@@ -53,6 +53,10 @@ class MultiProxyAnchorLoss(ProxyAnchorLoss):
     Parameters: ``lambda`` in [0, 1] (0.5); ``alpha`` in (0, inf) (32); ``margin`` ``delta`` in
     [0, 1] (0.1); ``proxies_per_class`` ``K`` in [1, 100] (4; ``K = 1`` is Proxy-Anchor);
     ``proxy_temperature`` ``gamma`` in (0, inf) (0.1, SoftTriple's).
+
+    Follows: Saeki, Kawahara & Aman 2022 (MPA), Proxy-Anchor on SoftTriple's relaxed maximum over K
+    proxies; at ``K = 1`` it is pytorch-metric-learning's ``ProxyAnchorLoss`` (tested). Differs: the
+    paper's later variants (class-wise gradient weighting) are not implemented.
     """
 
     def __init__(

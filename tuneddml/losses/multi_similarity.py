@@ -37,6 +37,10 @@ class MultiSimilarityLoss(BaseLoss):
     the batch with ``miner=none``); an anchor left without pairs adds ``log(1) = 0``.
     Defaults are the paper's (``alpha = 2``, ``beta = 50``, ``threshold = 0.5``). pml calls the
     threshold ``base``; here ``base`` is a wrapper's base loss (``ccp``, ``lsd``), so it is renamed.
+
+    Follows: Wang et al. 2019 loss with its pair miner, as pytorch-metric-learning's
+    ``MultiSimilarityLoss`` + ``MultiSimilarityMiner`` (tested against them). As published at ``lambda =
+    0.5``.
     """
 
     family: ClassVar[Family] = "pair"

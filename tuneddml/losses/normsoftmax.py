@@ -54,6 +54,11 @@ class NormSoftmaxLoss(BaseLoss):
 
     Parameters: ``lambda`` in [0, 1] (0.5); ``temperature`` ``tau`` in (0, inf) (0.05, Zhai &
     Wu); ``proxies_per_class`` in [1, 100] (1); ``label_smoothing`` in [0, 1) (0).
+
+    Follows: Zhai & Wu 2019 (normalised softmax with temperature), as pytorch-metric-learning's
+    ``NormalizedSoftmaxLoss`` (tested), split as Boudiaf et al. 2020. As published at ``lambda = 0.5``,
+    one proxy per class and no label smoothing; Zhai & Wu's layer normalisation and class-balanced
+    sampling belong to the backbone and sampler.
     """
 
     family: ClassVar[Family] = "proxy"

@@ -291,6 +291,7 @@ def _with_signature(
     first = own[0].strip().rstrip(".") if own and not own[0].rstrip().endswith(":") else ""
     doc = f"{cls.__name__} of pytorch-metric-learning" + (f": {first}." if first else ".")
     doc += f" Parameters as in pml's docs ({_DOCS}{'losses' if base is PmlLoss else 'miners'}/)."
+    doc += f"\n\nFollows: pytorch-metric-learning's ``{cls.__name__}`` itself, called unchanged (its reading of the paper)."
     namespace = {"__init__": __init__, "__doc__": doc, "pml_class": cls, **attrs}
     return type(f"Pml{cls.__name__}", (base,), namespace)
 

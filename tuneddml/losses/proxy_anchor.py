@@ -47,6 +47,9 @@ class ProxyAnchorLoss(BaseLoss):
     ``total = 2 lambda * pos + 2 (1 - lambda) * neg``, so ``lambda = 0.5`` is the paper's loss.
     Defaults are the paper's (``alpha = 32``, ``margin = 0.1``). ``proxy_temperature`` is the
     temperature of the soft max over a class's proxies (used only with ``proxies_per_class > 1``).
+
+    Follows: Kim, Kim, Cho & Kwak 2020 loss, as pytorch-metric-learning's ``ProxyAnchorLoss``
+    (tested). As published at ``lambda = 0.5`` with one proxy per class.
     """
 
     family: ClassVar[Family] = "proxy"

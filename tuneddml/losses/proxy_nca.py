@@ -45,6 +45,11 @@ class ProxyNCALoss(BaseLoss):
     ``mean_i -log(exp(scale S_{i y_i}) / sum_{c != y_i} exp(scale S_ic))``. On unit vectors the
     paper's ``exp(-|x - p|^2)`` is ``exp(2 s - 2)``: ``scale = 2``; larger scales (the default 16)
     train better on cosine similarity.
+
+    Follows: Movshovitz-Attias et al. 2017, the Proxy-NCA loss (positive proxy excluded from the denominator) on
+    cosine similarity with an inverse temperature; ``include_positive`` gives Proxy-NCA++'s softmax form
+    (Teh et al. 2020). Differs: the paper's squared Euclidean distance is ``2 - 2 s`` here (``scale =
+    2`` is the paper's scale).
     """
 
     family: ClassVar[Family] = "proxy"

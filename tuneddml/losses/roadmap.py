@@ -97,6 +97,9 @@ class RoadmapLoss(BaseLoss):
     [-1, 1], the decomposability thresholds (``beta`` and ``alpha`` in the paper). The released
     code shifts the linear part of ``H^-`` by a constant (its ``offset``); here it is continuous
     at ``delta``, as written in the paper.
+
+    Follows: Ramzi et al. 2021, SupAP plus the decomposability loss, the latter as
+    pytorch-metric-learning's ``ContrastiveLoss`` that the authors' code uses (tested). As published.
     """
 
     family: ClassVar[Family] = "pair"

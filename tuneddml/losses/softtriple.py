@@ -73,6 +73,9 @@ class SoftTripleLoss(BaseLoss):
     Parameters (defaults from the paper): ``lambda`` in [0, 1] (0.5); ``scale`` in (0, inf) (20);
     ``gamma`` in (0, inf) (0.1); ``margin`` in [0, 1] (0.01); ``tau`` in [0, 10] (0.2);
     ``proxies_per_class`` ``K`` in [1, 100] (10).
+
+    Follows: Qian et al. 2019, Eq. 10 and the centre regulariser of Eq. 12, as pytorch-metric-learning's
+    ``SoftTripleLoss`` (tested). As published at ``lambda = 0.5``.
     """
 
     family: ClassVar[Family] = "proxy"

@@ -43,6 +43,9 @@ class SupConLoss(BaseLoss):
     ``lambda = 0.5``, ``total`` is the standard SupCon loss ``L_out`` of Khosla et al. with the
     denominator over all ``j != i``: ``mean_{i in A} -mean_{p in P(i)} log(exp(s_ip / tau) /
     sum_{j != i} exp(s_ij / tau))``.
+
+    Follows: Khosla et al. 2020, ``L_out``, as pytorch-metric-learning's ``SupConLoss``
+    (tested), split as Sors et al. 2021. As published at ``lambda = 0.5`` with ``aggregation="sum"``.
     """
 
     family: ClassVar[Family] = "pair"

@@ -61,6 +61,9 @@ class DenselyAnchoredSampling(EmbeddingAugmenter):
 
     The table is ``num_classes x embedding_size`` and the queues ``num_classes x bank_size x
     embedding_size`` floats (buffers, so they are checkpointed).
+
+    Follows: Liu et al. 2022 (DAS), discriminative feature scaling and memorised transformation shifting
+    as in the paper's code. As published.
     """
 
     def __init__(

@@ -44,6 +44,9 @@ class DistanceWeightedMiner(Miner):
     Every ordered positive pair ``(a, p)`` of the batch forms one triplet, so a P x K batch
     gives ``P K (K-1)`` triplets. Sampling uses torch's global generator, seeded by the trial.
     Distances are those of the L2-normalised embeddings.
+
+    Follows: Wu et al. 2017, distance-weighted sampling (inverse-density weights, clipped at ``cutoff``), with the paper's
+    code's fallback to a uniform negative. As published.
     """
 
     output: ClassVar[str] = "triplets"

@@ -48,6 +48,10 @@ class Hierarchical(MPerClass):
       (the partition has ``n // group_size`` groups of ``group_size`` to ``2 group_size - 1``);
     - ``grouping`` = "embedding" (embedding, random);
     - ``replacement`` = False: let classes with fewer than K items repeat items.
+
+    Follows: the class-hierarchy sampling idea of Ge et al. 2018 (HTL). Differs: super-groups are formed
+    greedily from class-mean cosine similarities, not from HTL's hierarchical class tree, and HTL's loss
+    with its dynamic violate margin is not implemented (the trial's loss is used).
     """
 
     def __init__(

@@ -109,6 +109,10 @@ class IntraClassAdaptiveAugmentation(EmbeddingAugmenter):
     The paper also lowers lambda in steps over training (x1, 0.9, 0.75, 0.6 at 40/60/80% of the
     epochs); that schedule is left out: ``strength`` is a searchable constant. Estimates live in
     buffers (``num_classes x embedding_size``), so they are checkpointed.
+
+    Follows: Fu et al. 2022 (IAA), the class-variation estimate with neighbour correction and the
+    adaptive synthesis of the paper's code (darkpromise98/IAA). Differs: the step schedule of the
+    synthesis strength (x1, 0.9, 0.75, 0.6) is left out; ``strength`` is a constant.
     """
 
     def __init__(

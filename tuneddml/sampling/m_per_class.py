@@ -18,6 +18,9 @@ class MPerClass(BatchSampler):
 
     Items are drawn without replacement within a batch; only classes with at least ``K`` items
     take part unless ``replacement`` is true (then a small class repeats items).
+
+    Follows: the P x K batches of Hermans, Beyer & Leibe 2017 (pytorch-metric-learning's
+    ``MPerClassSampler``). As published.
     """
 
     def __init__(self, *, samples_per_class: int = 4, replacement: bool = False) -> None:

@@ -23,7 +23,11 @@ def _triplet_mask(labels: torch.Tensor) -> torch.Tensor:
 
 @MINERS.register("all_triplets")
 class AllTriplets(Miner):
-    """Every triplet ``(a, p, n)`` of the batch."""
+    """Every triplet ``(a, p, n)`` of the batch.
+
+    Follows: no paper: every valid triplet (pytorch-metric-learning's ``TripletMarginMiner`` with
+    ``type_of_triplets="all"`` and no margin).
+    """
 
     output: ClassVar[str] = "triplets"
 
@@ -45,6 +49,9 @@ class SemiHard(Miner):
     All such triplets of the batch are returned (as pytorch-metric-learning's
     ``TripletMarginMiner(type_of_triplets="semihard")``). ``margin`` should match the triplet
     loss's (both default to 0.1): these are the triplets with a non-zero loss that are not hard.
+
+    Follows: Schroff et al. 2015, semi-hard negatives, as pytorch-metric-learning's
+    ``TripletMarginMiner(type_of_triplets="semihard")`` (tested). As published.
     """
 
     output: ClassVar[str] = "triplets"
@@ -68,6 +75,9 @@ class BatchHard(Miner):
 
     Hermans, Beyer & Leibe, "In Defense of the Triplet Loss", 2017. Anchors without a positive or
     a negative in the batch are skipped.
+
+    Follows: Hermans, Beyer & Leibe 2017, batch hard (hardest positive and negative per anchor), as
+    pytorch-metric-learning's ``BatchHardMiner`` (tested). As published.
     """
 
     output: ClassVar[str] = "triplets"
@@ -93,6 +103,9 @@ class MultiSimilarityMiner(Miner):
     - a positive pair ``(i, p)`` is kept if ``s_ip < max_{n in N(i)} s_in + epsilon``.
 
     An anchor without positives keeps no negative pair, one without negatives no positive pair.
+
+    Follows: Wang et al. 2019, the pair mining with ``epsilon``, as pytorch-metric-learning's
+    ``MultiSimilarityMiner`` (tested). As published.
     """
 
     output: ClassVar[str] = "pairs"

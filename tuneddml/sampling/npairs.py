@@ -18,6 +18,8 @@ class NPairs(MPerClass):
 
     This is the ``m_per_class`` sampler with ``samples_per_class = 2``; only classes with at least
     two items take part (``replacement=true`` lets a one-item class repeat its item).
+
+    Follows: Sohn 2016, the N-pair batch construction (N pairs of N distinct classes). As published.
     """
 
     def __init__(self, *, replacement: bool = False) -> None:

@@ -13,7 +13,10 @@ from tuneddml.sampling.base import BatchSampler
 
 @SAMPLERS.register("random")
 class RandomBatches(BatchSampler):
-    """Each epoch, a random permutation of the training items cut into full batches."""
+    """Each epoch, a random permutation of the training items cut into full batches.
+
+    Follows: no paper: uniform random batches without replacement, the usual baseline.
+    """
 
     def __init__(self) -> None:
         pass
