@@ -138,7 +138,8 @@ def test_without_an_epoch_hook_the_term_is_a_connected_zero():
 
 
 def bank_loss(num_train=10, **params):
-    return build_loss("lsd", {"temperature": 0.3, **params}, num_classes=4, embedding_size=D, num_train=num_train)
+    params = {"teacher": "bank", "temperature": 0.3, **params}
+    return build_loss("lsd", params, num_classes=4, embedding_size=D, num_train=num_train)
 
 
 def unit(seed, n=6):

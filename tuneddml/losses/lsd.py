@@ -42,7 +42,7 @@ def listwise_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float
         "base": {"choice": ["contrastive", "supcon", "proxy_anchor", "multi_similarity"]},
         "temperature": {"loguniform": [0.05, 1.0], "start": 0.1},
         "weight": {"uniform": [0.0, 2.0], "start": 1.0},
-        "teacher": {"choice": ["bank", "epoch", "ema"]},
+        "teacher": {"choice": ["epoch", "bank", "ema"]},
         "momentum": {"choice": [0.99, 0.9, 0.999], "when": {"teacher": "ema"}},  # a 90-step trial: the default 0.999 keeps the mean teacher at the initial model
     },
 )
@@ -64,49 +64,49 @@ class ListwiseSelfDistillation(BaseLoss):
 
     **The teacher** (``teacher``):
 
-    - ``"bank"`` (default): per-sample soft targets. The loss keeps, for every training sample
-      ``x`` (by its training-set index), the normalised embedding ``t_x`` the model gave it the
-      last time it was in a batch (buffers ``bank`` ``(num_train, d)`` and ``stored``
-      ``(num_train,)``). In a batch, the rows whose sample has a stored embedding are distilled:
-      ``q_ij = softmax_{j != i}(<t_i, t_j> / T)`` over those rows, ``p_ij`` the student's over the
-      same rows; afterwards (training mode only) ``t_x`` is overwritten with the batch's
-      embedding of ``x``. With a sampler that shows each sample once per epoch, ``t_x`` is the
-      model's embedding of ``x`` from the previous epoch, taken on the input of that epoch (its
-      augmentation), at the step it was seen; no second forward pass is run. Rows without an
-      index (``-1``: appended by an embedding augmenter) and samples not seen yet are left out;
-      ``lsd`` is 0 when fewer than two rows are left (all of epoch 1), or when the trainer gives
-      no indices. The bank is part of the loss's ``state_dict``, so a resumed trial continues
-      with the same targets. Memory: ``4 num_train d`` bytes (60k samples x 512-d: 123 MB).
-    - ``"epoch"``: a frozen copy of the model taken at the start of each epoch, i.e. the
-      previous epoch's model, run on the batch's input. In epoch 1 there is no earlier model and
-      ``lsd`` is 0.
+    - ``"epoch"`` (default; the paper's): a frozen copy of the model taken at the start of each
+      epoch, i.e. the previous epoch's model, run (eval mode, no gradient) on the batch's input.
+      In epoch 1 there is no earlier model and ``lsd`` is 0.
+    - ``"bank"``: per-sample soft targets without a second forward pass. The loss keeps, for every
+      training sample ``x`` (by its training-set index), the normalised embedding ``t_x`` the
+      model gave it the last time it was in a batch (buffers ``bank`` ``(num_train, d)`` and
+      ``stored`` ``(num_train,)``). In a batch, the rows whose sample has a stored embedding are
+      distilled: ``q_ij = softmax_{j != i}(<t_i, t_j> / T)`` over those rows, ``p_ij`` the
+      student's over the same rows; afterwards (training mode only) ``t_x`` is overwritten with
+      the batch's embedding of ``x``. With a sampler that shows each sample once per epoch,
+      ``t_x`` is the previous epoch's model's embedding of ``x``, but taken at the step it was
+      seen in that epoch and on that epoch's augmentation of the input (``"epoch"`` re-embeds
+      today's input with the model as it was at the epoch's end). Rows without an index (``-1``:
+      appended by an embedding augmenter) and samples not seen yet are left out; ``lsd`` is 0
+      when fewer than two rows are left (all of epoch 1), or when the trainer gives no indices.
+      The bank is part of the loss's ``state_dict``, so a resumed trial continues with the same
+      targets. Memory: ``4 num_train d`` bytes (60k samples x 512-d: 123 MB).
     - ``"ema"``: a mean-teacher copy, ``theta_T <- m theta_T + (1 - m) theta``, updated before each
       step's distillation, starting from the model at the start of epoch 1.
 
     For ``"epoch"`` and ``"ema"`` the teacher embeds the same inputs as the student: the loss sees
     only embeddings, so it records the input of the model's last training-mode forward call (a
-    forward pre-hook on ``context.model``, set at epoch start) and runs the teacher (eval mode, no
-    gradient) on it. Embedding augmenters that append synthetic rows are supported (the first
-    rows, one per input, are distilled); ``lsd`` is 0 until an epoch hook has given it the model.
-    That teacher is not part of the loss's parameters nor of its checkpoint: after a restore, the
-    ``"epoch"`` teacher is taken again at the next epoch start (the same model), an ``"ema"``
-    teacher restarts from it.
+    forward pre-hook on ``context.model``, set at epoch start) and runs the teacher on it.
+    Embedding augmenters that append synthetic rows are supported (the first rows, one per input,
+    are distilled); ``lsd`` is 0 until an epoch hook has given it the model. That teacher is not
+    part of the loss's parameters nor of its checkpoint: after a restore, the ``"epoch"`` teacher
+    is taken again at the next epoch start (the same model), an ``"ema"`` teacher restarts from it.
 
-    Follows: Zeng, Yang, Wang & Satoh 2022 (arXiv 2206.08880), official code
-    criteria/*_lsd.py:Criterion.forward (each anchor's KL between the softmax, at temperature
-    ``T``, of its teacher and student similarity lists over the batch; the teacher's list from
-    ``teacher_batch``, embeddings of the same samples). Differs: the training loop that makes
-    ``teacher_batch`` was not available to check; ``"bank"`` reads the paper's "progressively
-    distills a model's own knowledge" as each sample's stored embedding from its previous visit
-    (as in progressive self-knowledge distillation, whose targets are the previous epoch's
-    outputs per sample). The official criterion also keeps the anchor itself in its list, scales
-    the negatives' similarities by ``beta`` (unless ``f_distillation_standard``), averages the KL
-    with ``batchmean`` and weighs it by ``(epoch / n_epochs) alpha T^2``; here the list leaves
-    the anchor out, all similarities are unscaled and the weight is the constant ``weight``.
+    Follows: Zeng et al. 2022, official code
+    ZelongZeng/Improving-Generalization-of-Metric-Learning-via-Listwise-Self-distillation:main.py
+    (the teacher is the model saved at the end of the previous epoch, run without gradient on the
+    batch's input) and criteria/*_lsd.py:Criterion.forward (each anchor's KL between the softmax
+    at temperature ``T`` of its teacher and student similarity lists over the batch, averaged
+    over the anchors). Differs: the official teacher is left in training mode (batch-norm
+    statistics of the batch, frozen in its ResNet-50 setting), here eval mode; the official list
+    keeps the anchor itself, and scales the negatives' similarities by ``kd_beta`` unless
+    ``f_distillation_standard``, here the anchor is left out and nothing is scaled; the official
+    weight grows as ``(epoch / n_epochs) kd_alpha kd_tau^2`` (``kd_alpha`` 200, ``kd_tau`` 1),
+    here it is the constant ``weight``.
 
     Parameters: ``base``, a loss spec (``name`` or ``name:param=value:...``, default
     ``supcon``; the base's other parameters keep their defaults, its default miner is used);
-    ``weight`` >= 0 (1.0); ``temperature`` ``T`` > 0 (0.1); ``teacher`` (``"bank"``);
+    ``weight`` >= 0 (1.0); ``temperature`` ``T`` > 0 (0.1); ``teacher`` (``"epoch"``);
     ``momentum`` ``m`` in [0, 1) (0.999, used by ``"ema"`` only).
 
     Why ``supcon`` as the default base: it is the trial's default loss (the best family on glyphs
@@ -133,7 +133,7 @@ class ListwiseSelfDistillation(BaseLoss):
         base: str = "supcon",
         weight: float = 1.0,
         temperature: float = 0.1,
-        teacher: Literal["bank", "epoch", "ema"] = "bank",
+        teacher: Literal["epoch", "bank", "ema"] = "epoch",
         momentum: float = 0.999,
     ) -> None:
         super().__init__()

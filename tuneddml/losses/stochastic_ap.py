@@ -161,9 +161,9 @@ class StochasticAPLoss(BaseLoss):
     ``i``: the downside semi-variance of the positives and the upside semi-variance of the
     negatives, weight ``semivar_weight``. ``total = ap + semivar_weight * semivar``.
 
-    Follows: Wen et al. 2022, official code KID-7391/SOPRC ListStableAUPRCLoss.forward (the
+    Follows: Wen et al. 2022, official code KID-7391/SOPRC:ListStableAUPRCLoss.forward (the
     auxiliary vector per class, its interpolation and moving average, the two surrogates, the
-    prior and ``g = L / (1 + L)``). Differs: where a batch holds several queries of a class,
+    prior and ``g = L / (1 + L)``; the state is per class, so the loss needs no sample indices). Differs: where a batch holds several queries of a class,
     the official code writes all their point sets into ``v_c`` at once (an indexed assignment
     with repeated labels, which keeps one of them, unspecified which); here ``v_c`` moves towards
     their mean. The official code asks for m-per-class batches of a fixed size; here any batch
