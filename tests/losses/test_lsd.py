@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from handcalc import cos_table, pk_batch
 
 from tuneddml.losses import build_loss
+from tuneddml.losses.base import BaseLoss
 from tuneddml.losses.lsd import listwise_kl
 
 D = 8
@@ -131,3 +132,111 @@ def test_without_an_epoch_hook_the_term_is_a_connected_zero():
     assert out["lsd"].item() == 0.0
     out["total"].backward()
     assert e.grad.abs().sum() > 0
+
+
+# -- teacher="bank": each sample's embedding from its previous visit, by training-set index ------
+
+
+def bank_loss(num_train=10, **params):
+    params = {"teacher": "bank", "temperature": 0.3, **params}
+    return build_loss("lsd", params, num_classes=4, embedding_size=D, num_train=num_train)
+
+
+def unit(seed, n=6):
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(n, D, generator=g), dim=1)
+
+
+def test_bank_teacher_is_the_stored_embedding_of_each_sample_by_plain_loop():
+    loss = bank_loss(weight=0.5)
+    assert loss.teacher_kind == "bank" and loss.uses_indices
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    first, second = unit(0), unit(1)
+    out = loss.batch_terms(first, labels, np.array([0, 1, 2, 3, 4, 5]))
+    assert out["lsd"].item() == 0.0  # nothing stored yet
+    out = loss.batch_terms(second, labels, np.array([3, 4, 5, 6, 7, 8]))
+    # samples 3, 4, 5 were stored at the first step (rows 3..5 there); 6..8 are new
+    assert out["lsd"].item() == pytest.approx(hand_kl(second[:3], first[3:6], 0.3), abs=1e-6)
+    base = build_loss("supcon", num_classes=4, embedding_size=D)(second, labels)
+    assert out["total"].item() == pytest.approx(base["total"].item() + 0.5 * out["lsd"].item(), abs=1e-6)
+    # the bank holds each sample's latest embedding, at exactly the indices given
+    want = torch.zeros(10, D)
+    want[0:3], want[3:9] = first[0:3], second
+    assert float((loss.bank - want).abs().max()) < 1e-7
+    assert loss.stored.tolist() == [True] * 9 + [False]
+
+
+def test_bank_leaves_out_synthetic_rows_and_does_not_learn_in_eval_mode():
+    loss = bank_loss()
+    labels = torch.tensor([0, 0, 1, 1])
+    loss.batch_terms(unit(2, 4), labels, np.array([0, 1, 2, 3]))
+    before = loss.bank.clone()
+    loss.eval()
+    assert loss.batch_terms(unit(3, 4), labels, np.array([0, 1, 2, 3]))["lsd"].item() == 0.0
+    assert torch.equal(loss.bank, before)
+    loss.train()
+    real, extra = unit(4, 4), unit(5, 4)  # an augmenter's 4 rows after the 4 real ones: index -1
+    got = loss.batch_terms(torch.cat([real, extra]), torch.cat([labels, labels]), np.array([0, 1, 2, 3]))
+    assert got["lsd"].item() == pytest.approx(hand_kl(real, before[:4], 0.3), abs=1e-6)
+    assert float((loss.bank[:4] - real).abs().max()) < 1e-7 and not loss.stored[4:].any()
+
+
+def test_bank_is_saved_and_restored_exactly():
+    loss = bank_loss()
+    labels = torch.tensor([0, 0, 1, 1])
+    loss.batch_terms(unit(6, 4), labels, np.array([7, 1, 4, 9]))
+    copy = bank_loss()
+    copy.load_state_dict(loss.state_dict())
+    assert torch.equal(copy.bank, loss.bank) and torch.equal(copy.stored, loss.stored)
+    nxt = unit(7, 4)
+    a = copy.batch_terms(nxt, labels, np.array([9, 4, 1, 7]))["lsd"].item()
+    b = loss.batch_terms(nxt, labels, np.array([9, 4, 1, 7]))["lsd"].item()
+    assert a == b > 0
+
+
+def test_bank_refuses_an_index_beyond_the_training_set():
+    with pytest.raises(ValueError, match="num_train"):
+        bank_loss(num_train=3).batch_terms(unit(8, 4), torch.tensor([0, 0, 1, 1]), np.array([0, 1, 2, 3]))
+    # the other teachers keep no bank
+    assert bank_loss(teacher="epoch").bank.shape == (0, D)
+
+
+class Recorder(BaseLoss):
+    """A stand-in member that records the indices it is given."""
+
+    family = "pair"
+    term_names = ("pos", "ent")
+    uses_indices = True
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, embeddings, labels, indices=None):
+        self.seen.append(None if indices is None else indices.tolist())
+        zero = embeddings.sum() * 0.0
+        return self.combine({"pos": zero, "ent": zero})
+
+
+def test_wrappers_hand_the_indices_to_members_that_use_them():
+    from tuneddml.losses.members import MemberLoss, WeightedMembers
+
+    e, labels = unit(9, 4), torch.tensor([0, 0, 1, 1])
+    lsd = build_loss("lsd", {"teacher": "epoch"}, num_classes=4, embedding_size=D)
+    lsd.base = Recorder()
+    lsd.batch_terms(e, labels, np.array([5, 6, 7, 8]))
+    assert lsd.base.seen == [[5, 6, 7, 8]]
+    ccp = build_loss("ccp", num_classes=4, embedding_size=D)
+    assert not ccp.uses_indices  # its proxy bases keep no per-sample state
+    ccp.base = Recorder()
+    ccp(e, labels, indices=torch.tensor([1, 2, 3, -1]))
+    assert ccp.base.seen == [[1, 2, 3, -1]]
+    recorder = Recorder()
+    plain = build_loss("contrastive", num_classes=4, embedding_size=D)  # takes no indices
+    both = MemberLoss()
+    both.set_members(WeightedMembers({"rec": recorder, "contrastive": plain}, [1.0, 1.0], "fixed"))
+    assert both.uses_indices
+    both.batch_terms(torch.cat([e, e]), torch.cat([labels, labels]), np.array([3, 1, 4, 1]))
+    assert recorder.seen == [[3, 1, 4, 1, -1, -1, -1, -1]]
+    hybrid = build_loss("hybrid", num_classes=4, embedding_size=D)
+    assert not hybrid.uses_indices  # no member of it uses them: the trainer passes none

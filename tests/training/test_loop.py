@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -96,3 +97,81 @@ def test_embeddings_are_normalised_for_evaluation():
     emb = trainer.embed(trainer.data.query)
     assert emb.shape == (len(trainer.data.query), 64)
     torch.testing.assert_close(emb.norm(dim=1), torch.ones(len(emb)))
+
+
+class _IndexRecorder(torch.nn.Module):
+    """A loss that keeps per-sample state would get these: it records each batch's indices and labels."""
+
+    uses_indices = True
+    expects_normalized = True
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[tuple[list[int], list[int]]] = []
+
+    def batch_terms(self, embeddings, labels, indices):
+        from tuneddml.losses.base import BaseLoss
+
+        return BaseLoss.batch_terms(self, embeddings, labels, indices)
+
+    def forward(self, embeddings, labels, indices=None):
+        self.seen.append((indices.tolist(), labels.tolist()))
+        return {"total": (embeddings * 0.0).sum()}
+
+    def on_epoch_start(self, epoch, context):
+        pass
+
+
+def _sampler_batches(config, labels, epochs):
+    """The sampler's batches, drawn again as the trainer draws them: its seed, steps per epoch."""
+    from tuneddml.sampling import SAMPLERS
+
+    sampler = SAMPLERS.build(config.sampler, config.sampler_params, field="sampler")
+    rng = np.random.default_rng(config.seed)
+    out = []
+    for _ in range(epochs):
+        epoch = []
+        while len(epoch) < config.steps_per_epoch:
+            for batch in sampler.batches(labels, config.batch_size, rng):
+                epoch.append(np.asarray(batch).tolist())
+                if len(epoch) == config.steps_per_epoch:
+                    break
+        out.extend(epoch)
+    return out
+
+
+def test_the_loss_gets_each_batch_training_set_indices_and_minus_one_for_synthetic_rows():
+    from tuneddml.sampling.base import EmbeddingAugmenter
+
+    class Doubler(EmbeddingAugmenter):
+        def forward(self, embeddings, labels):
+            return torch.cat([embeddings, embeddings.flip(0)]), torch.cat([labels, labels.flip(0)])
+
+    config = TrialConfig.from_flat(FAST)
+    trainer = Trainer(config)
+    trainer.loss = _IndexRecorder()
+    trainer.train_epoch()
+    trainer.embedding_aug = Doubler()
+    trainer.train_epoch()
+    labels = trainer.data.train.labels
+    expected = _sampler_batches(config, labels, epochs=2)
+    assert len(trainer.loss.seen) == len(expected) == 2 * config.steps_per_epoch
+    for step, ((indices, got_labels), batch) in enumerate(zip(trainer.loss.seen, expected)):
+        real = indices[: len(batch)]
+        assert real == batch and got_labels[: len(batch)] == labels[batch].tolist()
+        synthetic = indices[len(batch) :]
+        assert synthetic == ([-1] * len(batch) if step >= config.steps_per_epoch else [])
+
+
+def test_lsd_bank_is_checkpointed_and_resume_continues_exactly(tmp_path):
+    config = TrialConfig.from_flat({**FAST, "loss": "lsd", "loss.teacher": "bank"})
+    first = Trainer(config)
+    first.train_epoch()
+    assert first.loss.bank.shape[0] == len(first.data.train.labels) and first.loss.stored.sum() > 0
+    first.save(tmp_path / "state.pt")
+    resumed = Trainer(config)
+    resumed.restore(tmp_path / "state.pt")
+    assert torch.equal(resumed.loss.bank, first.loss.bank) and torch.equal(resumed.loss.stored, first.loss.stored)
+    straight_terms, resumed_terms = first.train_epoch(), resumed.train_epoch()
+    assert resumed_terms == straight_terms and torch.equal(resumed.loss.bank, first.loss.bank)
+    assert resumed_terms["lsd"] > 0  # the second epoch distils the first's stored embeddings

@@ -50,8 +50,11 @@ def build_loss(
     embedding_size: int,
     miner: str = "default",
     miner_params: Mapping[str, Any] | None = None,
+    num_train: int = 0,
 ) -> BaseLoss:
-    """Build a loss with its miner (see :func:`resolve_miner`)."""
+    """Build a loss with its miner (see :func:`resolve_miner`). ``num_train``: the training set's
+    size, given to losses with per-sample state (runtime argument ``num_train``; 0: built
+    without the data, e.g. by the up-front checks, which run no batch)."""
     from tuneddml.sampling import MINERS
 
     miner_name = resolve_miner(name, miner)
@@ -67,6 +70,7 @@ def build_loss(
         num_classes=num_classes,
         embedding_size=embedding_size,
         miner=miner_obj,
+        num_train=num_train,
     )
 
 

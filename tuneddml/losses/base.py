@@ -9,6 +9,15 @@ Every loss declares its :attr:`~BaseLoss.family` (``pair``, ``proxy`` or ``wrapp
 source wrappers read to choose their members), and every loss with a ``lambda`` its
 :class:`Balance`. Before each epoch the trainer calls ``on_epoch_start(epoch, context)`` with an
 :class:`EpochContext`.
+
+**Per-sample state.** A loss that keeps state per training sample (a bank of each sample's last
+embedding, say) declares :attr:`BaseLoss.uses_indices` and takes ``forward(embeddings, labels,
+indices)``: the trainer then passes each batch's training-set indices (:meth:`BaseLoss.batch_terms`),
+a LongTensor aligned with the rows the loss gets; rows an embedding augmenter appended after the
+real ones have index ``-1`` (no sample). Such a loss lists the runtime argument ``num_train`` (the
+training set's size, ``0`` where the loss is built without data) to size its state, which it keeps
+in buffers, so that it is saved and restored with the loss's ``state_dict``. Wrappers forward the
+indices to the members that use them.
 """
 
 from __future__ import annotations
@@ -94,6 +103,9 @@ class BaseLoss(nn.Module):
     #: :class:`Balance`); the weight of the balanced terms comes from it and ``self.lam``
     balance: ClassVar[Balance | None] = None
     lam: float = 0.5
+    #: ``forward`` takes ``indices`` (the batch's training-set indices, -1 for synthetic rows) and
+    #: the trainer passes them (see the module docstring); wrappers set it from their members
+    uses_indices: ClassVar[bool] = False
 
     def weights(self) -> dict[str, float]:
         """Weight of each term in ``total``: the :attr:`balance` pair ``2 lambda`` and
@@ -114,9 +126,30 @@ class BaseLoss(nn.Module):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def batch_terms(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, indices: Any
+    ) -> dict[str, torch.Tensor]:
+        """What the trainer calls for a training batch: ``self(embeddings, labels)``, with
+        ``indices=`` :func:`row_indices` when the loss :attr:`uses_indices`. ``indices``: the
+        training-set index of each real row (the first ``len(indices)`` rows)."""
+        if not self.uses_indices:
+            return self(embeddings, labels)
+        return self(embeddings, labels, indices=row_indices(indices, len(labels), embeddings.device))
+
     def on_epoch_start(self, epoch: int, context: EpochContext) -> None:
         """Hook called by the trainer before each epoch (CCP re-initialises proxies here; LSD takes
         its teacher): the context gives the model and a function that embeds training samples."""
+
+
+def row_indices(indices: Any, rows: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``(rows,)`` LongTensor: ``indices`` (the real rows' training-set indices) followed by ``-1``
+    for each row an embedding augmenter appended after them."""
+    real = torch.as_tensor(np.asarray(indices), dtype=torch.long).reshape(-1)
+    if len(real) > rows:
+        raise ValueError(f"{len(real)} indices for {rows} rows")
+    out = torch.full((rows,), -1, dtype=torch.long)
+    out[: len(real)] = real
+    return out.to(device)
 
 
 def check_loss_class(name: str, factory: Any) -> None:

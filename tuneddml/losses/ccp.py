@@ -124,7 +124,11 @@ class ChanceConstrainedProxies(BaseLoss):
     def weights(self) -> dict[str, float]:
         return self.base.weights()
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        if self.base.uses_indices:  # no proxy base does (ccp's uses_indices stays False)
+            return self.base(embeddings, labels, indices=indices)
         return self.base(embeddings, labels)
 
     def on_epoch_start(self, epoch: int, context: Any) -> None:

@@ -20,7 +20,7 @@ from tuneddml.losses.members import (
 
 @LOSSES.register(
     "ensemble",
-    runtime=("num_classes", "embedding_size"),
+    runtime=("num_classes", "embedding_size", "num_train"),
     search={
         "weighting": {"choice": ["fixed", "learnable"]},
         "losses": {"choice": ["contrastive,proxy_anchor", "supcon,softtriple", "multi_similarity,normsoftmax", "contrastive,multi_similarity,proxy_anchor"]},
@@ -65,6 +65,7 @@ class EnsembleLoss(MemberLoss):
         *,
         num_classes: int,
         embedding_size: int,
+        num_train: int = 0,
         losses: str = "contrastive,multi_similarity,proxy_anchor",
         weighting: Literal["fixed", "learnable"] = "fixed",
         weights: str = "",
@@ -81,7 +82,7 @@ class EnsembleLoss(MemberLoss):
             if name in members:
                 raise ConfigError("loss.losses", losses, f"each loss once ({name!r} repeated)")
             members[name] = build_member(
-                spec, "loss.losses", num_classes=num_classes, embedding_size=embedding_size
+                spec, "loss.losses", num_classes=num_classes, embedding_size=embedding_size, num_train=num_train
             )
         factors = parse_weights(weights, len(members), "loss.weights")
         self.set_members(WeightedMembers(members, factors, weighting))

@@ -14,7 +14,7 @@ from tuneddml.losses.members import MemberLoss, WeightedMembers, build_member, m
 @LOSSES.register(
     "hybrid",
     ranges={"lam": "[0, 1]"},
-    runtime=("num_classes", "embedding_size"),
+    runtime=("num_classes", "embedding_size", "num_train"),
     search={
         "lambda": {"uniform": [0.0, 1.0], "start": 0.5, "when": {"weighting": "fixed"}},
         "weighting": {"choice": ["fixed", "learnable"]},
@@ -69,6 +69,7 @@ class HybridLoss(MemberLoss):
         *,
         num_classes: int,
         embedding_size: int,
+        num_train: int = 0,
         pair: str = "multi_similarity",
         proxy: str = "proxy_anchor",
         lam: float = 0.5,
@@ -82,9 +83,11 @@ class HybridLoss(MemberLoss):
         if proxy_name not in member_choices("proxy"):
             raise ConfigError("loss.proxy", proxy, member_choices("proxy"))
         members = {
-            "pair": build_member(pair, "loss.pair", num_classes=num_classes, embedding_size=embedding_size),
+            "pair": build_member(
+                pair, "loss.pair", num_classes=num_classes, embedding_size=embedding_size, num_train=num_train
+            ),
             "proxy": build_member(
-                proxy, "loss.proxy", num_classes=num_classes, embedding_size=embedding_size
+                proxy, "loss.proxy", num_classes=num_classes, embedding_size=embedding_size, num_train=num_train
             ),
         }
         self.lam = lam

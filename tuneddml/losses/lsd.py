@@ -13,7 +13,7 @@ from torch import nn
 
 from tuneddml.losses import LOSSES
 from tuneddml.losses.base import BaseLoss, Family
-from tuneddml.losses.members import build_member
+from tuneddml.losses.members import build_member, call_member
 from tuneddml.similarity import similarity, zero_like_graph
 
 
@@ -37,12 +37,12 @@ def listwise_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float
 @LOSSES.register(
     "lsd",
     ranges={"weight": "[0, inf)", "temperature": "(0, inf)", "momentum": "[0, 1)"},
-    runtime=("num_classes", "embedding_size"),
+    runtime=("num_classes", "embedding_size", "num_train"),
     search={
         "base": {"choice": ["contrastive", "supcon", "proxy_anchor", "multi_similarity"]},
         "temperature": {"loguniform": [0.05, 1.0], "start": 0.1},
         "weight": {"uniform": [0.0, 2.0], "start": 1.0},
-        "teacher": {"choice": ["epoch", "ema"]},
+        "teacher": {"choice": ["epoch", "bank", "ema"]},
         "momentum": {"choice": [0.99, 0.9, 0.999], "when": {"teacher": "ema"}},  # a 90-step trial: the default 0.999 keeps the mean teacher at the initial model
     },
 )
@@ -64,18 +64,45 @@ class ListwiseSelfDistillation(BaseLoss):
 
     **The teacher** (``teacher``):
 
-    - ``"epoch"`` (default): a frozen copy of the model taken at the start of each epoch, i.e. the
-      previous epoch's model. In epoch 1 there is no earlier model and ``lsd`` is 0.
+    - ``"epoch"`` (default; the paper's): a frozen copy of the model taken at the start of each
+      epoch, i.e. the previous epoch's model, run (eval mode, no gradient) on the batch's input.
+      In epoch 1 there is no earlier model and ``lsd`` is 0.
+    - ``"bank"``: per-sample soft targets without a second forward pass. The loss keeps, for every
+      training sample ``x`` (by its training-set index), the normalised embedding ``t_x`` the
+      model gave it the last time it was in a batch (buffers ``bank`` ``(num_train, d)`` and
+      ``stored`` ``(num_train,)``). In a batch, the rows whose sample has a stored embedding are
+      distilled: ``q_ij = softmax_{j != i}(<t_i, t_j> / T)`` over those rows, ``p_ij`` the
+      student's over the same rows; afterwards (training mode only) ``t_x`` is overwritten with
+      the batch's embedding of ``x``. With a sampler that shows each sample once per epoch,
+      ``t_x`` is the previous epoch's model's embedding of ``x``, but taken at the step it was
+      seen in that epoch and on that epoch's augmentation of the input (``"epoch"`` re-embeds
+      today's input with the model as it was at the epoch's end). Rows without an index (``-1``:
+      appended by an embedding augmenter) and samples not seen yet are left out; ``lsd`` is 0
+      when fewer than two rows are left (all of epoch 1), or when the trainer gives no indices.
+      The bank is part of the loss's ``state_dict``, so a resumed trial continues with the same
+      targets. Memory: ``4 num_train d`` bytes (60k samples x 512-d: 123 MB).
     - ``"ema"``: a mean-teacher copy, ``theta_T <- m theta_T + (1 - m) theta``, updated before each
       step's distillation, starting from the model at the start of epoch 1.
 
-    The teacher embeds the same inputs as the student: the loss sees only embeddings, so it records
-    the input of the model's last training-mode forward call (a forward pre-hook on
-    ``context.model``, set at epoch start) and runs the teacher (eval mode, no gradient) on it.
+    For ``"epoch"`` and ``"ema"`` the teacher embeds the same inputs as the student: the loss sees
+    only embeddings, so it records the input of the model's last training-mode forward call (a
+    forward pre-hook on ``context.model``, set at epoch start) and runs the teacher on it.
     Embedding augmenters that append synthetic rows are supported (the first rows, one per input,
-    are distilled); ``lsd`` is 0 until an epoch hook has given it the model. The teacher is not
-    part of the loss's parameters nor of its checkpoint: after a restore, the ``"epoch"`` teacher is
-    taken again at the next epoch start (the same model), an ``"ema"`` teacher restarts from it.
+    are distilled); ``lsd`` is 0 until an epoch hook has given it the model. That teacher is not
+    part of the loss's parameters nor of its checkpoint: after a restore, the ``"epoch"`` teacher
+    is taken again at the next epoch start (the same model), an ``"ema"`` teacher restarts from it.
+
+    Follows: Zeng et al. 2022, official code
+    ZelongZeng/Improving-Generalization-of-Metric-Learning-via-Listwise-Self-distillation:main.py
+    (the teacher is the model saved at the end of the previous epoch, run without gradient on the
+    batch's input) and criteria/*_lsd.py:Criterion.forward (each anchor's KL between the softmax
+    at temperature ``T`` of its teacher and student similarity lists over the batch, averaged
+    over the anchors). Differs: the official teacher is left in training mode (batch-norm
+    statistics of the batch, frozen in its ResNet-50 setting), here eval mode; the official list
+    keeps the anchor itself, and scales the negatives' similarities by ``kd_beta`` unless
+    ``f_distillation_standard``, here the anchor is left out and nothing is scaled; the official
+    weight grows as ``(epoch / n_epochs) kd_alpha kd_tau^2`` (``kd_alpha`` 200, ``kd_tau`` 1),
+    here it is the constant ``weight``.
 
     Parameters: ``base``, a loss spec (``name`` or ``name:param=value:...``, default
     ``supcon``; the base's other parameters keep their defaults, its default miner is used);
@@ -95,26 +122,34 @@ class ListwiseSelfDistillation(BaseLoss):
     """
 
     family: ClassVar[Family] = "wrapper"
+    uses_indices: ClassVar[bool] = True
 
     def __init__(
         self,
         *,
         num_classes: int,
         embedding_size: int,
+        num_train: int = 0,
         base: str = "supcon",
         weight: float = 1.0,
         temperature: float = 0.1,
-        teacher: Literal["epoch", "ema"] = "epoch",
+        teacher: Literal["epoch", "bank", "ema"] = "epoch",
         momentum: float = 0.999,
     ) -> None:
         super().__init__()
-        self.base = build_member(base, "loss.base", num_classes=num_classes, embedding_size=embedding_size)
+        self.base = build_member(
+            base, "loss.base", num_classes=num_classes, embedding_size=embedding_size, num_train=num_train
+        )
         self.term_names = (*self.base.term_names, "lsd")  # type: ignore[misc]
         self.expects_normalized = self.base.expects_normalized  # type: ignore[misc]
         self.weight = weight
         self.temperature = temperature
         self.teacher_kind = teacher
         self.momentum = momentum
+        rows = num_train if teacher == "bank" else 0
+        #: ``"bank"``: each training sample's embedding at its last visit, and whether it has one
+        self.register_buffer("bank", torch.zeros(rows, embedding_size))
+        self.register_buffer("stored", torch.zeros(rows, dtype=torch.bool))
         # kept out of the module tree: neither trained, nor saved, nor moved by .to()
         self.__dict__["_teacher"] = None
         self.__dict__["_student"] = None
@@ -126,6 +161,8 @@ class ListwiseSelfDistillation(BaseLoss):
 
     def on_epoch_start(self, epoch: int, context: Any) -> None:
         self.base.on_epoch_start(epoch, context)
+        if self.teacher_kind == "bank":
+            return
         if self.teacher_kind == "epoch":
             take = epoch > 1
         else:
@@ -167,9 +204,14 @@ class ListwiseSelfDistillation(BaseLoss):
             self._update_ema()
         return self._teacher(x)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = dict(self.base(embeddings, labels))
+    def forward(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        out = dict(call_member(self.base, embeddings, labels, indices))
         out.pop("total", None)
+        if self.teacher_kind == "bank":
+            out["lsd"] = self._bank_term(embeddings, indices)
+            return self.combine(out)
         teacher = self._teacher_embeddings() if self.training else None
         n = 0 if teacher is None else len(teacher)
         if 1 < n <= len(embeddings):
@@ -179,3 +221,30 @@ class ListwiseSelfDistillation(BaseLoss):
             out["lsd"] = zero_like_graph(embeddings)
         self.__dict__["_last_input"] = None
         return self.combine(out)
+
+    def _bank_term(self, embeddings: torch.Tensor, indices: torch.Tensor | None) -> torch.Tensor:
+        """``lsd`` against the stored embeddings of the batch's samples; then (training mode) store
+        the batch's embeddings of its real rows."""
+        if indices is None or not self.training:
+            return zero_like_graph(embeddings)
+        indices = indices.to(self.stored.device)
+        real = indices >= 0
+        if bool((indices >= len(self.stored)).any()):
+            raise ValueError(
+                f"loss lsd: training-set index {int(indices.max())} for a bank of {len(self.stored)} "
+                "samples (build it with num_train = the training set's size)"
+            )
+        have = real.clone()
+        have[real] = self.stored[indices[real]]
+        rows = have.nonzero().squeeze(1).to(embeddings.device)
+        if len(rows) > 1:
+            student = F.normalize(embeddings[rows], dim=1)
+            teacher = self.bank[indices[have]].to(student)
+            term = listwise_kl(student, teacher, self.temperature)
+        else:
+            term = zero_like_graph(embeddings)
+        with torch.no_grad():
+            fresh = F.normalize(embeddings[real.to(embeddings.device)].detach(), dim=1)
+            self.bank[indices[real]] = fresh.to(self.bank)
+            self.stored[indices[real]] = True
+        return term

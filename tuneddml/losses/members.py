@@ -56,11 +56,14 @@ def is_proxy_loss(name: str) -> bool:
     return loss_family(name) == "proxy"
 
 
-def build_member(spec: str, field: str, *, num_classes: int, embedding_size: int) -> BaseLoss:
+def build_member(
+    spec: str, field: str, *, num_classes: int, embedding_size: int, num_train: int = 0
+) -> BaseLoss:
     """Build one member loss from ``spec`` (see :func:`parse_member`).
 
     Parameters not named in ``spec`` keep the member's defaults; a member that uses a miner gets its
-    own default miner (``BaseLoss.default_miner``) with default parameters.
+    own default miner (``BaseLoss.default_miner``) with default parameters; a member with
+    per-sample state gets ``num_train``, the training set's size.
     """
     from tuneddml.sampling import MINERS
 
@@ -76,7 +79,18 @@ def build_member(spec: str, field: str, *, num_classes: int, embedding_size: int
         num_classes=num_classes,
         embedding_size=embedding_size,
         miner=miner,
+        num_train=num_train,
     )
+
+
+def call_member(
+    member: BaseLoss, embeddings: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
+    """``member(embeddings, labels)``, with ``indices=`` where the member uses them
+    (:attr:`~tuneddml.losses.base.BaseLoss.uses_indices`) and the wrapper was given them."""
+    if member.uses_indices and indices is not None:
+        return member(embeddings, labels, indices=indices)
+    return member(embeddings, labels)
 
 
 class WeightedMembers(nn.Module):
@@ -143,6 +157,7 @@ class WeightedMembers(nn.Module):
             names.append("weights_reg")
         self.term_names = tuple(names)
         self.expects_normalized = all(m.expects_normalized for m in self.members.values())
+        self.uses_indices = any(m.uses_indices for m in self.members.values())
 
     def log_vars(self) -> torch.Tensor:
         """``eta_k = -log omega_k = -log(K softmax(theta)_k)``, the learnable weighting's log-variances."""
@@ -163,11 +178,14 @@ class WeightedMembers(nn.Module):
             out["weights_reg"] = 1.0
         return out
 
-    def terms(self, embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def terms(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         unit = embeddings if self.expects_normalized else F.normalize(embeddings, dim=1)
         out: dict[str, torch.Tensor] = {}
         for prefix, member in self.members.items():
-            result = member(unit if member.expects_normalized else embeddings, labels)
+            given = unit if member.expects_normalized else embeddings
+            result = call_member(member, given, labels, indices)
             out.update({f"{prefix}.{t}": result[t] for t in member.term_names})
         if self.weight_logits is not None:
             out["weights_reg"] = self.log_vars().sum().to(embeddings.dtype)
@@ -193,7 +211,8 @@ def parse_weights(text: str, count: int, field: str) -> list[float]:
 
 class MemberLoss(BaseLoss):
     """A loss made of member losses held by a :class:`WeightedMembers`: its terms, weights and
-    epoch hook are the members'. Subclasses build the members and call :meth:`set_members`."""
+    epoch hook are the members', and it takes the batch's indices when a member uses them (and
+    hands them to those members only). Subclasses build the members and call :meth:`set_members`."""
 
     family: ClassVar[Family] = "wrapper"
     parts: WeightedMembers
@@ -202,12 +221,15 @@ class MemberLoss(BaseLoss):
         self.parts = parts
         self.term_names = parts.term_names  # type: ignore[misc]
         self.expects_normalized = parts.expects_normalized  # type: ignore[misc]
+        self.uses_indices = parts.uses_indices  # type: ignore[misc]
 
     def weights(self) -> dict[str, Any]:
         return self.parts.weights()
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.combine(self.parts.terms(embeddings, labels))
+    def forward(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        return self.combine(self.parts.terms(embeddings, labels, indices))
 
     def on_epoch_start(self, epoch: int, context: EpochContext) -> None:
         self.parts.on_epoch_start(epoch, context)

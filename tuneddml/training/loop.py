@@ -119,7 +119,9 @@ class Trainer:
         )
         if self.channels_last:
             self.model = optimisation.to_channels_last(self.model)
-        loss, embedding_aug = build_loss_parts(config, num_classes=self.data.num_train_classes)
+        loss, embedding_aug = build_loss_parts(
+            config, num_classes=self.data.num_train_classes, num_train=len(self.data.train.labels)
+        )
         self.loss = loss.to(self.device)
         self.embedding_aug: EmbeddingAugmenter | None = (
             embedding_aug.to(self.device) if embedding_aug is not None else None
@@ -201,7 +203,7 @@ class Trainer:
                 emb = F.normalize(emb, dim=1)
             if self.embedding_aug is not None:
                 emb, y = self.embedding_aug(emb, y)
-            terms = self.loss(emb, y)
+            terms = self.loss.batch_terms(emb, y, indices)  # indices: to losses that use them
             total = terms["total"]
             if not torch.isfinite(total):
                 raise TrialDiverged(epoch, step, {k: float(v.detach()) for k, v in terms.items()})
@@ -437,9 +439,12 @@ def _unplain(value: Any) -> Any:
     return value
 
 
-def build_loss_parts(config: TrialConfig, *, num_classes: int) -> tuple[Any, EmbeddingAugmenter | None]:
+def build_loss_parts(
+    config: TrialConfig, *, num_classes: int, num_train: int = 0
+) -> tuple[Any, EmbeddingAugmenter | None]:
     """The trial's loss (with its miner) and its embedding augmenter (None: none), on the CPU: what
-    a ``Trainer`` builds, and what the up-front checks of a search build without the data."""
+    a ``Trainer`` builds, and what the up-front checks of a search build without the data
+    (``num_train``: the training set's size, for losses with per-sample state; 0 without data)."""
     from tuneddml.losses import build_loss
     from tuneddml.sampling import EMBEDDING_AUGMENTERS
 
@@ -450,6 +455,7 @@ def build_loss_parts(config: TrialConfig, *, num_classes: int) -> tuple[Any, Emb
         embedding_size=config.embedding_size,
         miner=config.miner,
         miner_params=config.miner_params,
+        num_train=num_train,
     )
     embedding_aug = None
     if config.embedding_aug != "none":

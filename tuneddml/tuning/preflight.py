@@ -78,7 +78,9 @@ def check_trials(space: Any, fixed: Mapping[str, Any], *, cluster: bool = False)
                 sampler = SAMPLERS.build(config.sampler, config.sampler_params, field="sampler")
                 sampler.check(data.train.labels, config.batch_size)
                 checked.add(batches)
-            loss, _ = build_loss_parts(config, num_classes=data.num_train_classes)
+            loss, _ = build_loss_parts(
+                config, num_classes=data.num_train_classes, num_train=len(data.train.labels)
+            )
         except ConfigError as exc:
             if not at:
                 raise
