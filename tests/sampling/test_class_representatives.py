@@ -246,6 +246,7 @@ def _recording_trainer(settings, monkeypatch):
     return trainer, seen
 
 
+@pytest.mark.slow  # three short glyphs-tiny trainers (10-12 s on the shared, loaded 2-core box)
 def test_trainer_adds_the_term_to_total_reports_it_and_resumes(monkeypatch, tmp_path):
     from tuneddml.training import run_trial
 

@@ -60,8 +60,8 @@ class ClassRepresentatives(MPerClass):
     Because the representatives are in every batch, their embeddings come for free from the
     forward passes; with ``hard_fraction > 0`` they drive *hard class mining*: a batch is built
     from random seed classes plus, for ``round(hard_fraction * P)`` of its ``P`` classes, the
-    classes whose representatives are most similar to a seed's (cosine similarity). The sampler
-    sees no model, so the trainer must call :meth:`observe` with each batch's indices and
+    classes whose representatives are most similar to a seed's (cosine similarity). The batches
+    are drawn without the model, so the trainer must call :meth:`observe` with each batch's indices and
     embeddings; until it has, or for classes never observed, classes are drawn at random.
 
     Parameters (defaults; valid ranges):
