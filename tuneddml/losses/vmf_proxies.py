@@ -251,16 +251,17 @@ class VMFProxiesLoss(BaseLoss):
     its samples (or its ``E[x]`` is near 0) and scores alike for all classes, so the loss learns
     to make ``kappa`` large for clear images only.
 
-    Follows: Kirchhof et al. 2022, EL-nivMF with the official code
-    ExplainableML/Probabilistic_Deep_Metric_Learning:utilities.misc.log_ppk_vmf_vec (``similarity=mc``;
-    ``closed_form`` is our own deterministic variant). Differs: (1) ``log C_d`` is the Debye
-    expansion of the Bessel function (:func:`log_vmf_normaliser`) instead of the official
-    per-dimension polynomial fit ``approx_log_cp``; (2) 20 samples by default (the official runs use
-    5-10; 20 as our brief); (3) no ProxyAnchor "guidance" term (``guidance_w``) on top; (4) the
-    image concentration is ``kappa_scale |z|`` (official: ``|z|``, with the last layer's initial
-    weights multiplied instead); (5) concentrations are ``exp`` of log-parameters clipped to
-    ``LOG_CONCENTRATION_RANGE`` (official: raw, clamped at 0.1) and the temperature is fixed (official:
-    learnable); (6) ``K > 1`` proxies per class are mixed by log-mean-exp (official: one per class).
+    Follows: Kirchhof et al. 2022, EL-nivMF as the official code
+    ExplainableML/Probabilistic_Deep_Metric_Learning:utilities.misc.log_ppk_vmf_vec (``similarity=mc``,
+    20 samples as its ``loss_proxyvmf_n_samples`` default; ``closed_form`` is our own deterministic
+    variant). Differs: (1) ``log C_d`` is the Debye expansion of the Bessel function
+    (:func:`log_vmf_normaliser`) instead of the official per-dimension polynomial fit ``approx_log_cp``;
+    (2) no ProxyAnchor "guidance" term (``guidance_w``: 0 by default there, 0.3-3 in its example runs);
+    (3) the image concentration is ``kappa_scale |z|`` (official: ``|z|``, with the last layer's
+    initial weights multiplied instead); (4) concentrations are ``exp`` of log-parameters clipped
+    to ``LOG_CONCENTRATION_RANGE`` (official: raw, clamped at 0.1) and the temperature is a fixed
+    parameter (1; official: learned, from 0.01); (5) ``K > 1`` proxies per class are mixed by
+    log-mean-exp (official: one per class).
 
     Learnable: ``proxies`` ``(C * K, d)`` (mean directions, normalised when used; class ``c`` owns
     rows ``c*K .. c*K + K-1``) and ``log_concentration`` ``(C * K, d)``, initialised to
