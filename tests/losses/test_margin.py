@@ -32,7 +32,7 @@ def _by_hand(e, labels, pos_pairs, neg_pairs, margin, beta, reduction):
     pos = [max(0.0, margin + _dist(rows[i], rows[j]) - beta[y[i]]) for i, j in pos_pairs]
     neg = [max(0.0, margin - _dist(rows[i], rows[j]) + beta[y[i]]) for i, j in neg_pairs]
     count = len(pos) + len(neg) if reduction == "all" else sum(v > 0 for v in pos + neg)
-    return sum(pos) / count, sum(neg) / count
+    return sum(pos) / count, sum(neg) / count, count
 
 
 @pytest.mark.parametrize("reduction", ["active", "all"])
@@ -46,8 +46,10 @@ def test_all_pairs_match_a_hand_computation(reduction, per_class):
         loss.beta.data = torch.tensor([0.9, 1.1, 1.3], dtype=torch.float64)
     beta = loss.beta.tolist() * (3 if not per_class else 1)
     pos_pairs, neg_pairs = pairs(labels)
-    want_pos, want_neg = _by_hand(e, labels, pos_pairs, neg_pairs, 0.2, beta, reduction)
-    want_reg = sum(beta[c] for c in set(labels.tolist())) / 3 if per_class else beta[0]
+    want_pos, want_neg, count = _by_hand(e, labels, pos_pairs, neg_pairs, 0.2, beta, reduction)
+    y = labels.tolist()
+    # per class: the anchor's beta of every positive pair, over the pair losses' divisor (as pml)
+    want_reg = sum(beta[y[i]] for i, _ in pos_pairs) / count if per_class else beta[0]
     out = loss(e, labels)
     assert out["pos"].item() == pytest.approx(want_pos, rel=1e-12)
     assert out["neg"].item() == pytest.approx(want_neg, rel=1e-12)
@@ -61,7 +63,7 @@ def test_triplets_and_pairs_from_a_miner():
     a, p, n = zip(*trip)
     loss = MarginLoss(num_classes=3, miner=FixedMiner((a, p, n))).double()
     beta = loss.beta.tolist() * 3
-    want_pos, want_neg = _by_hand(e, labels, list(zip(a, p)), list(zip(a, n)), 0.2, beta, "active")
+    want_pos, want_neg, _ = _by_hand(e, labels, list(zip(a, p)), list(zip(a, n)), 0.2, beta, "active")
     out = loss(e, labels)
     assert out["pos"].item() == pytest.approx(want_pos, rel=1e-12)
     assert out["neg"].item() == pytest.approx(want_neg, rel=1e-12)
@@ -71,20 +73,21 @@ def test_triplets_and_pairs_from_a_miner():
     a1, p1 = zip(*pos_pairs)
     a2, n2 = zip(*neg_pairs)
     loss = MarginLoss(num_classes=3, miner=FixedMiner((a1, p1, a2, n2))).double()
-    want_pos, want_neg = _by_hand(e, labels, pos_pairs, neg_pairs, 0.2, beta, "active")
+    want_pos, want_neg, _ = _by_hand(e, labels, pos_pairs, neg_pairs, 0.2, beta, "active")
     out = loss(e, labels)
     assert out["pos"].item() == pytest.approx(want_pos, rel=1e-12)
     assert out["neg"].item() == pytest.approx(want_neg, rel=1e-12)
 
 
+@pytest.mark.parametrize("nu", [0.0, 0.1, 0.5])
 @pytest.mark.parametrize("per_class", [False, True])
-def test_agrees_with_pytorch_metric_learning(per_class):
+def test_agrees_with_pytorch_metric_learning(per_class, nu):
+    """The whole total, beta regulariser included, at nu > 0 with one beta or one per class."""
     from pytorch_metric_learning.losses import MarginLoss as PMLMarginLoss
 
     e, labels = pk_batch(seed=3, classes=4, per_class=3, dim=8)
     e = e.double()
     trip = tuple(torch.tensor(t) for t in zip(*triplets(labels)))
-    nu = 0.0 if per_class else 0.05
     ours = MarginLoss(
         num_classes=4, margin=0.15, beta=1.1, nu=nu, beta_per_class=per_class, miner=FixedMiner(trip)
     ).double()
@@ -96,7 +99,12 @@ def test_agrees_with_pytorch_metric_learning(per_class):
         ours.beta.data = values.clone()
         theirs.beta.data = values.clone()
     ref = theirs(e, labels, indices_tuple=trip)
-    assert ours(e, labels)["total"].item() == pytest.approx(ref.item(), abs=1e-5)
+    got = ours(e, labels)["total"]
+    assert got.item() == pytest.approx(ref.item(), abs=1e-9)
+    # and the gradient pml gives beta
+    ref.backward()
+    got.backward()
+    assert torch.allclose(ours.beta.grad, theirs.beta.grad.to(ours.beta.grad.dtype), atol=1e-9)
 
 
 def test_beta_learns_and_can_be_frozen():

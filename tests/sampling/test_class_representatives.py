@@ -140,3 +140,133 @@ def test_parameter_ranges():
         SAMPLERS.build("class_representatives", {"hold": 0})
     with pytest.raises(ConfigError):
         SAMPLERS.build("class_representatives", {"hard_fraction": 1.5})
+
+
+# -- the projection's proximal term ----------------------------------------------------------
+
+
+def _squared_distance_by_hand(model, anchor):
+    """sum over parameters of |theta - theta_k|^2, element by element in plain Python."""
+    total = 0.0
+    for name, p in model.named_parameters():
+        for a, b in zip(p.detach().flatten().tolist(), anchor[name].flatten().tolist(), strict=True):
+            total += (a - b) ** 2
+    return total
+
+
+def test_proximal_term_matches_a_hand_computation():
+    labels = labels_of([4] * 6)
+    sampler = SAMPLERS.build(
+        "class_representatives", {"samples_per_class": 2, "hold": 2, "proximal_weight": 0.3}
+    )
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2).double()
+    emb = torch.zeros(4, 2)
+    gen = sampler.batches(labels, 4, np.random.default_rng(0))
+    batches = [next(gen) for _ in range(2)]  # the first hold: no previous projection, the term is 0
+    for b in batches:
+        out = sampler.regulariser(model, b, emb)
+        assert set(out) == {"proximal"} and out["proximal"].item() == 0.0
+        with torch.no_grad():
+            model.weight.add_(0.5)  # an "SGD step"
+    third = next(gen)  # a new set of representatives: the weights now are theta_k
+    anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert sampler.regulariser(model, third, emb)["proximal"].item() == 0.0
+    with torch.no_grad():
+        model.weight.mul_(1.5)
+        model.bias.sub_(0.25)
+    fourth = next(gen)  # same hold: measured from theta_k
+    out = sampler.regulariser(model, fourth, emb)["proximal"]
+    assert out.item() == pytest.approx(0.5 * 0.3 * _squared_distance_by_hand(model, anchor), rel=1e-12)
+    out.backward()  # its gradient: lambda (theta - theta_k)
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, 0.3 * (p.detach() - anchor[name]), rtol=1e-12, atol=0)
+    # the next hold measures from the weights at its start
+    anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert sampler.regulariser(model, next(gen), emb)["proximal"].item() == 0.0
+    # weight 0: no term at all
+    off = SAMPLERS.build("class_representatives", {"samples_per_class": 2, "hold": 2, "proximal_weight": 0.0})
+    for b in off.batches(labels, 4, np.random.default_rng(0)):
+        assert off.regulariser(model, b, emb) == {}
+
+
+def test_proximal_anchor_survives_state_dict():
+    labels = labels_of([4] * 6)
+    make = lambda: SAMPLERS.build("class_representatives", {"samples_per_class": 2, "hold": 1})  # noqa: E731
+    model = torch.nn.Linear(3, 2)
+    first = make()
+    gen = first.batches(labels, 4, np.random.default_rng(0))
+    first.regulariser(model, next(gen), None)
+    first.regulariser(model, next(gen), None)  # second hold: theta_k taken
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    want = first.regulariser(model, None, None)["proximal"].item()
+    assert want == pytest.approx(0.5 * 2e-4 * 6, rel=1e-6)  # 6 weights moved by 1, default lambda
+    second = make()
+    second.load_state_dict(first.state_dict())
+    assert second.regulariser(model, None, None)["proximal"].item() == want
+
+
+TRIAL = {
+    "dataset": "glyphs-tiny",
+    "split": "test",
+    "threads": 1,
+    "epochs": 2,
+    "steps_per_epoch": 4,
+    "batch_size": 16,
+    "embedding_size": 8,
+    "loss": "supcon",
+    "sampler": "class_representatives",
+    "sampler.samples_per_class": 2,
+    "sampler.hold": 2,
+}
+
+
+def _recording_trainer(settings, monkeypatch):
+    """A Trainer whose loss totals and sampler terms are recorded step by step."""
+    from tuneddml.config import TrialConfig
+    from tuneddml.training import Trainer
+
+    trainer = Trainer(TrialConfig.from_flat({**TRIAL, **settings}))
+    seen = {"loss": [], "sampler": []}
+    forward, regulariser = trainer.loss.forward, trainer.sampler.regulariser
+
+    def loss_forward(emb, y):
+        out = forward(emb, y)
+        seen["loss"].append(out["total"].item())
+        return out
+
+    def sampler_terms(*args):
+        out = regulariser(*args)
+        seen["sampler"].append({k: v.item() for k, v in out.items()})
+        return out
+
+    monkeypatch.setattr(trainer.loss, "forward", loss_forward)
+    monkeypatch.setattr(trainer.sampler, "regulariser", sampler_terms)
+    return trainer, seen
+
+
+@pytest.mark.slow  # three short glyphs-tiny trainers (10-12 s on the shared, loaded 2-core box)
+def test_trainer_adds_the_term_to_total_reports_it_and_resumes(monkeypatch, tmp_path):
+    from tuneddml.training import run_trial
+
+    trainer, seen = _recording_trainer({"sampler.proximal_weight": 50.0}, monkeypatch)
+    terms = trainer.train_epoch()
+    prox = [s["proximal"] for s in seen["sampler"]]
+    assert prox[0] == prox[1] == 0.0 and prox[3] > 0.0  # first hold 0; grows within the second
+    assert terms["proximal"] == pytest.approx(np.mean(prox), rel=1e-9)
+    assert terms["total"] == pytest.approx(np.mean(np.add(seen["loss"], prox)), rel=1e-6)
+    trainer.save(tmp_path / "state.pt")
+    after_one = [p.detach().clone() for p in trainer.model.parameters()]
+    straight = trainer.train_epoch()
+    assert straight["proximal"] > 0
+    resumed = run_trial(trainer.config, resume=tmp_path / "state.pt")  # theta_k comes back with it
+    assert resumed.history[-1].terms == straight
+
+    off, seen_off = _recording_trainer({"sampler.proximal_weight": 0.0}, monkeypatch)
+    terms_off = off.train_epoch()
+    assert set(terms_off) == {"pos", "ent", "total"}  # today's terms only
+    assert terms_off["total"] == pytest.approx(np.mean(seen_off["loss"]), rel=1e-9)
+    # the same batches and losses until the term's gradient first acts (step 4), then other weights
+    assert seen_off["loss"] == pytest.approx(seen["loss"][:4], rel=1e-6)
+    assert not all(torch.equal(a, p) for a, p in zip(after_one, off.model.parameters(), strict=True))

@@ -48,8 +48,12 @@ class MarginLoss(BaseLoss):
       ``beta - margin``;
     - ``neg`` = ``sum_{negative pairs} [margin - D_ij + beta]+ / Z``: push negatives beyond
       ``beta + margin``;
-    - ``beta_reg`` = ``beta`` (global) or the mean of ``beta_c`` over the classes in the batch: the
-      paper's ``nu (beta^(0) + beta^(class))`` term, which favours a tight boundary.
+    - ``beta_reg``: the paper's ``nu (beta^(0) + beta^(class))`` term, which favours a tight
+      boundary, scaled as pytorch-metric-learning's ``MarginLoss``: ``beta`` itself when global
+      (``beta_per_class=false``), and with one ``beta`` per class the sum of the anchor's
+      ``beta_{c(a)}`` over the positive pairs ``(a, p)`` (one per triplet), divided by the same
+      ``Z`` as ``pos`` and ``neg``: ``sum_{(a, p)} beta_{c(a)} / Z`` (0 where ``Z = 0``). A batch
+      without pairs has ``beta_reg = 0``, as in pml.
 
     ``total = 2 lambda pos + 2 (1 - lambda) neg + nu beta_reg``, so ``lambda = 0.5`` is the
     paper's loss. ``Z`` is shared by both terms so that ``lambda`` alone sets their balance:
@@ -59,6 +63,12 @@ class MarginLoss(BaseLoss):
     Pairs: with a triplet miner (default ``distance_weighted``, the paper's sampler) each triplet
     ``(a, p, n)`` gives the positive pair ``(a, p)`` and the negative pair ``(a, n)``; a pair miner
     gives its pairs; without a miner every ordered pair of the batch is used.
+
+    Follows: Wu et al. 2017, Eq. 4 with its ``nu (beta^(0) + beta^(class))`` regulariser, scaled as
+    pytorch-metric-learning 2.9's ``MarginLoss`` (``compute_reg_loss``). Differs: with a pair miner
+    or without a miner the pairs are used as given (pml makes every triplet of a positive and a
+    negative pair that share their anchor), so there the per-class ``beta_reg`` sums over the
+    positive pairs.
 
     Parameters: ``lambda`` in [0, 1] (0.5); ``margin`` (``alpha``) in [0, 2] (0.2); ``beta``
     initial boundary in [0, 2] (1.2); ``nu`` in [0, 1] (0, as pytorch-metric-learning; the paper
@@ -122,14 +132,12 @@ class MarginLoss(BaseLoss):
         a1, p, a2, n = self._pairs(embeddings, labels)
         beta = self.beta.to(embeddings.dtype)
         if self.beta_per_class:
-            beta_reg = beta[torch.unique(labels)].mean()
             beta_pos, beta_neg = beta[labels[a1]], beta[labels[a2]]
         else:
-            beta_reg = beta[0]
             beta_pos = beta_neg = beta[0]
-        if len(a1) + len(a2) == 0:
-            zero = zero_like_graph(embeddings) + 0 * beta_reg
-            return self.combine({"pos": zero, "neg": zero.clone(), "beta_reg": beta_reg})
+        if len(a1) + len(a2) == 0:  # no pairs: every term 0 (pml: zero_losses), still connected to beta
+            zero = zero_like_graph(embeddings) + 0 * beta.sum()
+            return self.combine({"pos": zero, "neg": zero.clone(), "beta_reg": zero.clone()})
         dist = euclidean_distance(embeddings)
         pos_losses = torch.relu(self.margin + dist[a1, p] - beta_pos)
         neg_losses = torch.relu(self.margin - dist[a2, n] + beta_neg)
@@ -137,6 +145,10 @@ class MarginLoss(BaseLoss):
             count = len(pos_losses) + len(neg_losses)
         else:
             count = int((pos_losses > 0).sum() + (neg_losses > 0).sum())
+        if self.beta_per_class:  # pml: nu beta_{c(a)} per triplet, summed and divided by Z
+            beta_reg = beta_pos.sum() / count if count > 0 else 0.0 * beta_pos.sum()
+        else:  # pml: nu beta, already reduced
+            beta_reg = beta[0]
         if count == 0:  # every pair satisfies its margin: zero, still connected to beta
             zero = pos_losses.sum() * 0.0 + neg_losses.sum() * 0.0
             return self.combine({"pos": zero, "neg": zero.clone(), "beta_reg": beta_reg})

@@ -4,7 +4,8 @@
   build batches from the model's embeddings (class representatives, hierarchical super-groups)
   read them in :meth:`~BatchSampler.observe` and keep what they learnt in their
   :meth:`~BatchSampler.state_dict`; both are no-ops here, so the trainer calls them on every
-  sampler.
+  sampler. A sampler whose method adds a term to the loss (class representatives: the
+  projection's proximal term) returns it from :meth:`~BatchSampler.regulariser` (none here).
 - A :class:`Miner` picks the triplets or pairs of a batch a loss looks at, on L2-normalised
   embeddings (cosine similarity ``s_ij``); it returns index tensors, never gradients, of the kind
   it declares in :attr:`Miner.output`: ``"triplets"`` ``(anchor, positive, negative)`` or
@@ -50,6 +51,16 @@ class BatchSampler:
 
     def observe(self, indices: np.ndarray, embeddings: torch.Tensor) -> None:
         """The L2-normalised embeddings (no gradient) of a training batch, after the forward pass."""
+
+    def regulariser(
+        self, model: nn.Module, indices: np.ndarray, embeddings: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The sampler's own loss terms for this training step, already weighted (none here).
+
+        Called by the trainer after the loss with the model, the batch's ``indices`` and the
+        embeddings the loss saw (the batch's rows first); the trainer reports each term beside
+        the loss's and adds their sum to ``total``. Names differ from the loss's and ``total``."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         """What the sampler learnt (saved with the trial's checkpoint); empty for most."""

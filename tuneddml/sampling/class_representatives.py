@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from tuneddml.sampling import SAMPLERS
 from tuneddml.sampling.m_per_class import MPerClass
@@ -15,7 +16,12 @@ from tuneddml.sampling.m_per_class import MPerClass
 
 @SAMPLERS.register(
     "class_representatives",
-    ranges={"samples_per_class": "[2, 1024]", "hold": "[1, 100000]", "hard_fraction": "[0, 1]"},
+    ranges={
+        "samples_per_class": "[2, 1024]",
+        "hold": "[1, 100000]",
+        "hard_fraction": "[0, 1]",
+        "proximal_weight": "[0, inf)",
+    },
 )
 class ClassRepresentatives(MPerClass):
     """P classes x K items, each class led by a representative held for ``hold`` batches.
@@ -26,19 +32,36 @@ class ClassRepresentatives(MPerClass):
     The paper writes training as finding a feasible point of the constraint set
     ``{f : s(f(x), f(x')) >= m_pos if y = y', s(f(x), f(x')) <= m_neg otherwise}`` over all pairs,
     relaxes it to sets ``Omega_r`` that constrain only the pairs involving one representative
-    sample ``r_c`` per class, and solves by alternating projections: for ``hold`` iterations SGD
-    on the usual loss projects onto ``Omega_r`` (every batch contains ``r_c`` of each of its
-    classes, so every pair constraint of ``Omega_r`` in the batch is enforced), then new
-    representatives are drawn and the next projection starts. The paper shows that a projection
-    step is the usual loss plus a regularisation term under this batch construction; only the
-    batch construction is implemented here (the loss is whichever the trial names), and the
-    projection's pull towards the previous point is left to taking a few SGD steps from it.
+    sample ``r_c`` per class, and solves by alternating projections: each projection of the
+    current point ``theta_k`` (the network's weights) onto ``Omega_r`` is relaxed to the usual loss
+    on batches that contain ``r_c`` of each of their classes (so every pair constraint of
+    ``Omega_r`` in the batch is enforced) plus a proximal term that keeps the new point near the
+    previous one. For ``hold`` iterations SGD minimises
+
+        total = L(theta; batch) + lambda / 2 * sum_w |theta_w - theta_k,w|^2
+
+    (the sum over the model's trainable parameters; ``lambda`` = ``proximal_weight``, its gradient
+    ``lambda (theta - theta_k)``), then new representatives are drawn and the weights reached
+    become the next ``theta_k``. The trainer adds the term through :meth:`regulariser` (reported
+    as ``proximal``, already weighted); ``theta_k`` is snapshot at the first step of each hold.
+    During the first hold there is no previous projection and the term is 0, as in the authors'
+    code.
+
+    Follows: Can, Gurbuz & Alatan 2021 (arXiv 1907.07585), batch construction and hard class
+    mining; the projection's regulariser as the authors' code yetigurbuz/ccp-dml:
+    framework/solvers/gradient_transformers.py:DistanceRegularizer with
+    framework/losses/ccp/callback.py:AlternatingProjectionCallback (their follow-up's shared
+    framework; ``regularization_coeff = 2e-4``, our default). Differs: the paper's own text was
+    not available here, so the regulariser's form and ``lambda`` come from that code (its
+    ``coeff_decay`` of ``lambda`` per projection, 1.0 by default there, and its early-stopped
+    "best weights" as the next ``theta_k`` are left out: ``theta_k`` is the weights at the end of
+    the hold); representatives are drawn uniformly within their class.
 
     Because the representatives are in every batch, their embeddings come for free from the
     forward passes; with ``hard_fraction > 0`` they drive *hard class mining*: a batch is built
     from random seed classes plus, for ``round(hard_fraction * P)`` of its ``P`` classes, the
-    classes whose representatives are most similar to a seed's (cosine similarity). The sampler
-    sees no model, so the trainer must call :meth:`observe` with each batch's indices and
+    classes whose representatives are most similar to a seed's (cosine similarity). The batches
+    are drawn without the model, so the trainer must call :meth:`observe` with each batch's indices and
     embeddings; until it has, or for classes never observed, classes are drawn at random.
 
     Parameters (defaults; valid ranges):
@@ -48,6 +71,8 @@ class ClassRepresentatives(MPerClass):
     - ``hold`` = 10 ([1, 1e5]): iterations (batches) one set of representatives is kept; the
       paper holds them "for a certain number of iterations" (one projection step).
     - ``hard_fraction`` = 0.0 ([0, 1]): share of each batch's classes chosen by hard class mining.
+    - ``proximal_weight`` lambda = 2e-4 ([0, inf)): weight of the proximal term; 0: none (no term
+      reported, the loss alone).
     - ``replacement`` = False: let classes with fewer than K items repeat items.
 
     Representatives are drawn uniformly at random within their class (our choice for the
@@ -60,6 +85,7 @@ class ClassRepresentatives(MPerClass):
         samples_per_class: int = 4,
         hold: int = 10,
         hard_fraction: float = 0.0,
+        proximal_weight: float = 2e-4,
         replacement: bool = False,
     ) -> None:
         super().__init__(samples_per_class=samples_per_class, replacement=replacement)
@@ -69,6 +95,10 @@ class ClassRepresentatives(MPerClass):
         self._reps: np.ndarray | None = None  # representative item index of each group
         self._age = 0  # batches drawn with the current representatives
         self._rep_embedding: dict[int, np.ndarray] = {}  # class label -> latest representative embedding
+        self.proximal_weight = proximal_weight
+        self._span = 0  # sets of representatives drawn so far (1 during the first hold)
+        self._anchor: dict[str, torch.Tensor] | None = None  # theta_k: weights at the current hold's start
+        self._anchor_span = 0  # the hold theta_k was taken in
 
     # -- representatives ---------------------------------------------------------------------
     def _prepare(self, classes: np.ndarray, groups: list[np.ndarray], rng: np.random.Generator) -> None:
@@ -77,6 +107,7 @@ class ClassRepresentatives(MPerClass):
         if self._reps is None or self._age >= self.hold:
             self._reps = np.array([rng.choice(g) for g in groups])
             self._age = 0
+            self._span += 1
 
     def representatives(self) -> dict[int, int]:
         """Class label -> index of its current representative (empty before the first batch)."""
@@ -94,6 +125,25 @@ class ClassRepresentatives(MPerClass):
         for row, index in enumerate(np.asarray(indices).tolist()):
             if index in where:
                 self._rep_embedding[where[index]] = emb[row]
+
+    def regulariser(
+        self, model: nn.Module, indices: np.ndarray, embeddings: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """``{"proximal": lambda / 2 sum_w |theta_w - theta_k,w|^2}`` over ``model``'s trainable
+        parameters (see the class docstring); ``{}`` when ``proximal_weight`` is 0. Called after
+        the batch was drawn (the trainer draws the next one after the step), so a changed set of
+        representatives means a new projection: the current weights become ``theta_k``."""
+        if self.proximal_weight == 0 or self._reps is None:
+            return {}
+        params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        if self._anchor_span != self._span:
+            self._anchor = None if self._span <= 1 else {name: p.detach().clone() for name, p in params}
+            self._anchor_span = self._span
+        if self._anchor is None:  # the first hold: no previous projection
+            zero = sum(p.sum() for _, p in params) * 0.0
+            return {"proximal": zero if isinstance(zero, torch.Tensor) else torch.zeros(())}
+        squared = sum(((p - self._anchor[name].to(p)) ** 2).sum() for name, p in params)
+        return {"proximal": 0.5 * self.proximal_weight * squared}
 
     # -- batches -------------------------------------------------------------------------------
     def _pick_classes(self, p: int, rng: np.random.Generator) -> np.ndarray:
@@ -154,8 +204,14 @@ class ClassRepresentatives(MPerClass):
             "reps": self._reps,
             "age": self._age,
             "rep_embedding": dict(self._rep_embedding),
+            "span": self._span,
+            "anchor_span": self._anchor_span,
+            "anchor": None if self._anchor is None else {k: v.cpu() for k, v in self._anchor.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._classes, self._reps, self._age = state["classes"], state["reps"], int(state["age"])
         self._rep_embedding = dict(state["rep_embedding"])
+        self._span, self._anchor_span = int(state.get("span", 0)), int(state.get("anchor_span", 0))
+        anchor = state.get("anchor")
+        self._anchor = None if anchor is None else {k: v.clone() for k, v in anchor.items()}

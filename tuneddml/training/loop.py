@@ -204,6 +204,9 @@ class Trainer:
             if self.embedding_aug is not None:
                 emb, y = self.embedding_aug(emb, y)
             terms = self.loss.batch_terms(emb, y, indices)  # indices: to losses that use them
+            extra = self.sampler.regulariser(self.model, indices, emb)
+            if extra:  # the sampler's own weighted terms: reported beside the loss's, added to total
+                terms = {**terms, **extra, "total": terms["total"] + sum(extra.values())}
             total = terms["total"]
             if not torch.isfinite(total):
                 raise TrialDiverged(epoch, step, {k: float(v.detach()) for k, v in terms.items()})
