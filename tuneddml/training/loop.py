@@ -441,6 +441,7 @@ def build_loss_parts(config: TrialConfig, *, num_classes: int) -> tuple[Any, Emb
     """The trial's loss (with its miner) and its embedding augmenter (None: none), on the CPU: what
     a ``Trainer`` builds, and what the up-front checks of a search build without the data."""
     from tuneddml.losses import build_loss
+    from tuneddml.losses.synthetic import check_synthetic_classes
     from tuneddml.sampling import EMBEDDING_AUGMENTERS
 
     loss = build_loss(
@@ -460,4 +461,6 @@ def build_loss_parts(config: TrialConfig, *, num_classes: int) -> tuple[Any, Emb
             num_classes=num_classes,
             embedding_size=config.embedding_size,
         )
+        check_synthetic_classes(config.loss, loss, config.embedding_aug, embedding_aug)
+        embedding_aug.attach_loss(loss)
     return loss, embedding_aug
