@@ -115,14 +115,14 @@ def test_warmup_trains_the_generator_without_novel_rows():
 
 
 def test_the_generator_objective_trains_only_the_generator_and_the_loss_not_the_generator():
-    host, aug = _parts()
+    host, aug = _parts(class_weight=0.5, match_weight=7.0)
     e, y = _batch()
     e.requires_grad_(True)
     out, labels = aug(e, y)
     terms = host(out, labels)
     total = sum(w * terms[t] for t, w in host.weights().items())
-    total += terms["gen_class"] + terms["gen_match"]
-    torch.testing.assert_close(terms["total"], total)  # weights 1, 1 by default
+    total += 0.5 * terms["gen_class"] + 7.0 * terms["gen_match"]
+    torch.testing.assert_close(terms["total"], total)
 
     gen_params = list(aug.parameters())
     grads = torch.autograd.grad(
@@ -281,6 +281,8 @@ def test_a_trial_trains_reports_the_generator_terms_and_resumes_exactly(tmp_path
         "loss": "proxy_anchor",
         "embedding_aug": "class_generation",
         "embedding_aug.hidden_size": 32,
+        "eval_nmi": False,
+        "eval_ap": False,
     }
     config = TrialConfig.from_flat(flat)
     straight = run_trial(config)
