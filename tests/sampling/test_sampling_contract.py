@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tuneddml.losses import build_loss
 from tuneddml.losses.base import EpochContext
 from tuneddml.registry import Registry
 from tuneddml.sampling import EMBEDDING_AUGMENTERS, MINERS, SAMPLERS
@@ -75,6 +76,7 @@ def test_every_augmenter_keeps_the_real_rows_first(name):
     torch.manual_seed(0)
     aug = EMBEDDING_AUGMENTERS.build(name, {}, num_classes=BATCH // 4, embedding_size=DIM)
     assert isinstance(aug, EmbeddingAugmenter)
+    aug.attach_loss(build_loss("proxy_anchor", num_classes=BATCH // 4, embedding_size=DIM))
     labels = np.repeat(np.arange(BATCH // 4), 4)
     context = EpochContext(1, torch.nn.Identity(), labels, lambda idx: torch.zeros(len(idx), DIM), torch.device("cpu"))
     aug.train()
@@ -84,7 +86,10 @@ def test_every_augmenter_keeps_the_real_rows_first(name):
     assert out.shape[1] == DIM and len(out) == len(out_labels) >= len(e)
     torch.testing.assert_close(out[: len(e)], e)
     assert (out_labels[: len(e)] == y).all()
-    assert set(out_labels.tolist()) <= set(y.tolist())
+    if aug.makes_classes:  # new classes after the real ones: labels from num_classes up
+        assert set(out_labels[len(e) :].tolist()) <= set(range(BATCH // 4, BATCH // 4 + len(out)))
+    else:
+        assert set(out_labels.tolist()) <= set(y.tolist())
 
 
 @pytest.mark.parametrize(

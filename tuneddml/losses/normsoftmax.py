@@ -11,6 +11,7 @@ import torch
 
 from tuneddml.losses import LOSSES
 from tuneddml.losses.base import Balance, BaseLoss, Family
+from tuneddml.losses.synthetic import SyntheticClasses
 from tuneddml.similarity import class_similarity, init_proxies
 
 
@@ -30,7 +31,7 @@ from tuneddml.similarity import class_similarity, init_proxies
         "label_smoothing": {"uniform": [0.0, 0.2], "start": 0.0},
     },
 )
-class NormSoftmaxLoss(BaseLoss):
+class NormSoftmaxLoss(SyntheticClasses, BaseLoss):
     """Cross-entropy over classes on cosine similarities to learned class proxies.
 
     ``S_ic`` is the cosine similarity of embedding ``e_i`` to the proxy of class ``c`` (with
@@ -85,15 +86,17 @@ class NormSoftmaxLoss(BaseLoss):
         self.label_smoothing = label_smoothing
         self.proxies = init_proxies(num_classes, proxies_per_class, embedding_size)
 
-    def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """``(n, C)`` logits ``S_ic / tau``."""
-        return class_similarity(embeddings, self.proxies, self.proxies_per_class) / self.temperature
+    def logits(self, embeddings: torch.Tensor, proxies: torch.Tensor | None = None) -> torch.Tensor:
+        """``(n, C)`` logits ``S_ic / tau`` (against ``proxies``, default the classes' own)."""
+        proxies = self.proxies if proxies is None else proxies
+        return class_similarity(embeddings, proxies, self.proxies_per_class) / self.temperature
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        z = self.logits(embeddings)
+        proxies, classes = self.proxies_in_use()  # with the synthetic classes of this forward, if any
+        z = self.logits(embeddings, proxies)
         eps = self.label_smoothing
-        target = torch.full_like(z, eps / self.num_classes)
+        target = torch.full_like(z, eps / classes)
         target[torch.arange(len(labels), device=z.device), labels] += 1.0 - eps
         pos = -(target * z).sum(dim=1).mean()
         ent = torch.logsumexp(z, dim=1).mean()
-        return self.combine({"pos": pos, "ent": ent})
+        return self.with_added_terms(self.combine({"pos": pos, "ent": ent}))

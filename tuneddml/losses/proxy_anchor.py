@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from tuneddml.losses import LOSSES
 from tuneddml.losses.base import Balance, BaseLoss, Family
+from tuneddml.losses.synthetic import SyntheticClasses
 from tuneddml.similarity import class_similarity, init_proxies, masked_logsumexp
 
 
@@ -30,7 +31,7 @@ from tuneddml.similarity import class_similarity, init_proxies, masked_logsumexp
         "proxies_per_class": {"choice": [1, 2, 4]},
     },
 )
-class ProxyAnchorLoss(BaseLoss):
+class ProxyAnchorLoss(SyntheticClasses, BaseLoss):
     """Proxy-Anchor loss with ``proxies_per_class`` proxies and a balance ``lambda``.
 
     Each class proxy is an anchor that pulls the batch's samples of its class and pushes all
@@ -79,10 +80,11 @@ class ProxyAnchorLoss(BaseLoss):
         self.proxies = init_proxies(num_classes, proxies_per_class, embedding_size)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        sims = class_similarity(embeddings, self.proxies, self.proxies_per_class, self.proxy_temperature)
-        pos_mask = F.one_hot(labels, self.num_classes).bool()  # (n, C)
+        proxies, classes = self.proxies_in_use()  # with the synthetic classes of this forward, if any
+        sims = class_similarity(embeddings, proxies, self.proxies_per_class, self.proxy_temperature)
+        pos_mask = F.one_hot(labels, classes).bool()  # (n, C)
         present = pos_mask.any(dim=0)
         pos = masked_logsumexp(-self.alpha * (sims - self.margin), pos_mask, dim=0, add_one=True)
         neg = masked_logsumexp(self.alpha * (sims + self.margin), ~pos_mask, dim=0, add_one=True)
         # classes absent from the batch have pos = log(1) = 0, so the sum over P+ is the sum over all
-        return self.combine({"pos": pos.sum() / present.sum(), "neg": neg.mean()})
+        return self.with_added_terms(self.combine({"pos": pos.sum() / present.sum(), "neg": neg.mean()}))

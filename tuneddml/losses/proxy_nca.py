@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from tuneddml.losses import LOSSES
 from tuneddml.losses.base import Balance, BaseLoss, Family
+from tuneddml.losses.synthetic import SyntheticClasses
 from tuneddml.similarity import class_similarity, init_proxies, masked_logsumexp
 
 
@@ -28,7 +29,7 @@ from tuneddml.similarity import class_similarity, init_proxies, masked_logsumexp
         "proxies_per_class": {"choice": [1, 2, 4]},
     },
 )
-class ProxyNCALoss(BaseLoss):
+class ProxyNCALoss(SyntheticClasses, BaseLoss):
     """Proxy-NCA with ``proxies_per_class`` proxies, split into ``pos`` and ``neg`` with a balance ``lambda``.
 
     Neighbourhood component analysis against learned class proxies.
@@ -79,11 +80,12 @@ class ProxyNCALoss(BaseLoss):
         self.proxies = init_proxies(num_classes, proxies_per_class, embedding_size)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        proxies, classes = self.proxies_in_use()  # with the synthetic classes of this forward, if any
         logits = self.scale * class_similarity(
-            embeddings, self.proxies, self.proxies_per_class, self.proxy_temperature
+            embeddings, proxies, self.proxies_per_class, self.proxy_temperature
         )
-        own = F.one_hot(labels, self.num_classes).bool()
+        own = F.one_hot(labels, classes).bool()
         pos = -logits[own]  # one entry per sample, in batch order
         keep = torch.ones_like(own) if self.include_positive else ~own
         neg = masked_logsumexp(logits, keep, dim=1)
-        return self.combine({"pos": pos.mean(), "neg": neg.mean()})
+        return self.with_added_terms(self.combine({"pos": pos.mean(), "neg": neg.mean()}))

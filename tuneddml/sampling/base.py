@@ -13,7 +13,11 @@
   declares which kinds it can use (``BaseLoss.miner_outputs``).
 - An :class:`EmbeddingAugmenter` sits between the model and the loss during training only:
   ``aug(embeddings, labels) -> (embeddings, labels)``, the real rows first, synthetic ones (with
-  their labels) after; like a loss it has an ``on_epoch_start`` hook (a no-op here).
+  their labels) after; like a loss it has an ``on_epoch_start`` hook (a no-op here). Synthetic
+  rows carry labels of the batch, unless the augmenter declares ``makes_classes``: then they may
+  carry new labels ``>= num_classes``, whose proxies it hands the loss (the trial's loss must be
+  one of :mod:`tuneddml.losses.synthetic`'s, checked before training). Before training the
+  trainer hands every augmenter the trial's loss (``attach_loss``, a no-op here).
 
 The registries in :mod:`tuneddml.sampling` refuse, at import, a component that is not one of these.
 """
@@ -82,6 +86,12 @@ class Miner:
 
 class EmbeddingAugmenter(nn.Module):
     """Adds synthetic embeddings (and their labels) to a training batch; see the module docstring."""
+
+    #: True: synthetic rows may belong to new classes (labels >= num_classes; see the module docstring)
+    makes_classes: ClassVar[bool] = False
+
+    def attach_loss(self, loss: nn.Module) -> None:
+        """The trial's loss, handed over once before training (kept by augmenters that use it)."""
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError

@@ -449,6 +449,7 @@ def build_loss_parts(
     a ``Trainer`` builds, and what the up-front checks of a search build without the data
     (``num_train``: the training set's size, for losses with per-sample state; 0 without data)."""
     from tuneddml.losses import build_loss
+    from tuneddml.losses.synthetic import check_synthetic_classes
     from tuneddml.sampling import EMBEDDING_AUGMENTERS
 
     loss = build_loss(
@@ -469,4 +470,6 @@ def build_loss_parts(
             num_classes=num_classes,
             embedding_size=config.embedding_size,
         )
+        check_synthetic_classes(config.loss, loss, config.embedding_aug, embedding_aug)
+        embedding_aug.attach_loss(loss)
     return loss, embedding_aug
