@@ -4,6 +4,7 @@ later are covered without an edit here)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+
 import numpy as np
 import pytest
 import torch
