@@ -3,11 +3,18 @@ later are covered without an edit here)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import pytest
 import torch
 
 from tuneddml.errors import ConfigError
 from tuneddml.losses import LOSSES, build_loss
+from tuneddml.losses.base import BaseLoss
+from tuneddml.losses.contrastive import ContrastiveLoss
+from tuneddml.losses.softtriple import SoftTripleLoss
+from tuneddml.losses.supcon import SupConLoss
 
 NUM_CLASSES, PER_CLASS, DIM = 4, 4, 16
 
@@ -38,8 +45,7 @@ def test_terms_total_and_gradients(name, dtype):
     for key, value in out.items():
         assert value.dim() == 0 and torch.isfinite(value), key
         assert value.dtype == dtype, key
-    weighted = sum(loss.weights()[t] * out[t] for t in loss.term_names)
-    torch.testing.assert_close(out["total"], torch.as_tensor(weighted, dtype=dtype))
+    # what ``total`` is made of: test_total_is_the_balanced_sum_of_the_terms
 
     out["total"].backward()
     assert e.grad is not None and torch.isfinite(e.grad).all()
@@ -48,6 +54,122 @@ def test_terms_total_and_gradients(name, dtype):
         if param.requires_grad:
             assert param.grad is not None, f"no gradient for loss parameter {pname}"
             assert torch.isfinite(param.grad).all(), pname
+
+
+# -- total = 2 lambda * first + 2 (1 - lambda) * second + others ---------------------------------
+#
+# The check below never calls ``combine``: it reads only what ``forward`` returns (the terms and
+# ``total``) and predicts ``total`` from the loss's declared :class:`Balance`, its ``lambda`` and,
+# for the terms the balance does not weigh, their weights at lambda = 0.5. It evaluates the loss at
+# three lambdas on two batches (a fresh seed, hence fresh proxies, for each); on a failure it adds
+# batches up to ``len(terms) + 1``, solves by least squares for the weights the outputs imply and
+# shows them next to the expected ones.
+
+LAMBDAS = (0.2, 0.5, 0.9)
+
+
+def _outputs(loss: BaseLoss, seed: int) -> dict[str, float]:
+    loss = loss.to(torch.float64)
+    e, labels = _batch(torch.float64, loss.expects_normalized, seed=seed)
+    with torch.no_grad():
+        return {k: float(v) for k, v in loss(e, labels).items()}
+
+
+def _evaluate(make, lam, names, seeds) -> tuple[np.ndarray, np.ndarray]:
+    """The terms (one row per seed) and the totals of ``make(lam, seed)`` on batch ``seed``."""
+    outs = [_outputs(make(lam, seed), seed) for seed in seeds]
+    return np.array([[out[t] for t in names] for out in outs]), np.array([out["total"] for out in outs])
+
+
+def check_balanced_total(make: Callable[[float | None, int], BaseLoss]) -> None:
+    """Raise AssertionError unless ``make(lam, seed)``'s ``total`` is, on every batch and at every
+    lambda in :data:`LAMBDAS`, ``sum_t w_t(lam) * term_t`` with
+
+    - ``w_t(lam) = 1`` at ``lam = 0.5`` for a side that is one term, and for a side that is a group
+      (``"pair."``) ``w_t(0.5)`` = the weight ``weights()`` states at 0.5 (the member's own);
+    - ``w_t(lam) = 2 lam w_t(0.5)`` on the declared first side, ``2 (1 - lam) w_t(0.5)`` on the
+      second, and ``w_t(0.5)`` (unmoved by lambda) for the other terms.
+
+    ``make(None, seed)`` builds the loss with its default parameters; a loss without a balance is
+    checked there only (every term at the weight ``weights()`` states).
+    """
+    probe = make(None, 0)
+    names = tuple(probe.term_names)
+    balance = probe.balance
+    declared = {t: float(w) for t, w in probe.weights().items()}
+    base = {}
+    for t in names:
+        side = None if balance is None else balance.side(t)
+        base[t] = 1.0 if side is not None and t in (balance.first, balance.second) else declared[t]
+    problems = []
+    for lam in LAMBDAS if balance is not None else (None,):
+        factor = {"first": 2 * lam, "second": 2 * (1 - lam), None: 1.0} if lam is not None else {None: 1.0}
+        expected = np.array([factor[None if balance is None else balance.side(t)] * base[t] for t in names])
+        terms, totals = _evaluate(make, lam, names, range(2))
+        if not np.allclose(terms @ expected, totals, rtol=1e-7, atol=1e-9):
+            # enough batches to solve for every weight
+            terms, totals = _evaluate(make, lam, names, range(len(names) + 1))
+            used = np.abs(terms).max(axis=0) > 0  # an all-zero term's weight cannot be seen
+            solved = np.full(len(names), np.nan)
+            solved[used] = np.linalg.lstsq(terms[:, used], totals, rcond=None)[0]
+            problems.append(
+                f"lambda={lam}: "
+                + ", ".join(f"{t} weight {s:.4g} (expected {x:.4g})" for t, s, x in zip(names, solved, expected))
+            )
+    assert not problems, "; ".join(problems)
+
+
+def _maker(name: str) -> Callable[[float | None, int], BaseLoss]:
+    def make(lam: float | None, seed: int) -> BaseLoss:
+        torch.manual_seed(seed)
+        params = {} if lam is None else {"lambda": lam}
+        return build_loss(name, params, num_classes=NUM_CLASSES, embedding_size=DIM)
+
+    return make
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_total_is_the_balanced_sum_of_the_terms(name):
+    check_balanced_total(_maker(name))
+
+
+class _SwappedSupCon(SupConLoss):
+    """Mutant: reports ``pos`` and ``ent`` right but weighs ``ent`` by ``2 lambda`` in ``total``."""
+
+    def combine(self, terms):
+        out = super().combine({"pos": terms["ent"], "ent": terms["pos"]})
+        return {**out, "pos": terms["pos"], "ent": terms["ent"]}
+
+
+class _UnscaledContrastive(ContrastiveLoss):
+    """Mutant: ``lambda pos + (1 - lambda) neg`` in ``weights()`` and ``total`` alike (scale 1)."""
+
+    def weights(self):
+        return {"pos": self.lam, "neg": 1.0 - self.lam}
+
+
+class _SoftTripleWithoutReg(SoftTripleLoss):
+    """Mutant: states ``reg``'s weight ``tau`` but leaves ``reg`` out of ``total``."""
+
+    def combine(self, terms):
+        out = super().combine({**terms, "reg": torch.zeros_like(terms["reg"])})
+        return {**out, "reg": terms["reg"]}
+
+
+def _mutant_maker(cls: type) -> Callable[[float | None, int], BaseLoss]:
+    def make(lam: float | None, seed: int) -> BaseLoss:
+        torch.manual_seed(seed)
+        kwargs = {"num_classes": NUM_CLASSES, "embedding_size": DIM} if issubclass(cls, SoftTripleLoss) else {}
+        return cls(lam=0.5 if lam is None else lam, **kwargs)
+
+    return make
+
+
+@pytest.mark.parametrize("mutant", [_SwappedSupCon, _UnscaledContrastive, _SoftTripleWithoutReg])
+def test_the_total_check_catches_a_mutant(mutant):
+    check_balanced_total(_mutant_maker(mutant.__mro__[1]))  # the real loss passes
+    with pytest.raises(AssertionError, match="expected"):
+        check_balanced_total(_mutant_maker(mutant))
 
 
 def _learnable() -> list[str]:
