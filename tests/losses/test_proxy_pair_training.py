@@ -26,15 +26,15 @@ METHODS = [
     ("normsoftmax", {}, "m_per_class"),
     ("softtriple", {}, "m_per_class"),
     ("multi_proxy_anchor", {}, "m_per_class"),
-    ("ccp", {"every": 1}, "m_per_class"),
-    ("ccp", {"base": "softtriple", "every": 1}, "m_per_class"),
+    ("ccp", {"schedule": "every", "every": 1}, "m_per_class"),
+    ("ccp", {"base": "softtriple", "schedule": "every", "every": 1}, "m_per_class"),
     ("vmf_proxies", {}, "m_per_class"),
 ]
 # one trial each on glyphs-tiny (about 5-10 s each on one CPU thread). CCP wraps SoftTriple there:
 # re-initialising Proxy-Anchor's proxies to the embeddings of a barely trained network (all in one
 # narrow cone) raises its negative term, so CCP's default base needs longer training to gain.
 GLYPHS_METHODS = [m for m in METHODS if m[0] != "ccp" and m[1] != {"beta_per_class": True}] + [
-    ("ccp", {"base": "softtriple", "every": 1}, "m_per_class")
+    ("ccp", {"base": "softtriple", "schedule": "every", "every": 1}, "m_per_class")
 ]
 # trial settings beyond the shared 2 x 15 steps. CCP re-initialises its proxies at the start of
 # epoch 2 and needs the steps after that to re-fit them: with 15 it gained +0.097, +0.023, +0.062,
