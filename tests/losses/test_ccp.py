@@ -335,6 +335,21 @@ def test_split_test_trial_hands_no_metrics():
     assert val._context(2).metrics == {"map_at_r": 0.5}
 
 
+def test_each_fold_model_watches_its_own_validation_fold():
+    from tuneddml.config import TrialConfig
+    from tuneddml.results.schema import fold_key
+    from tuneddml.training import FoldsTrainer
+
+    config = TrialConfig.from_flat(
+        {**RESUME, "cross_validate": True, "num_folds": 2, "epochs": 1, "steps_per_epoch": 1}
+    )
+    trainer = FoldsTrainer(config)
+    trainer.run()
+    record = trainer.history[-1].metrics
+    for i, fold in enumerate(trainer.folds):
+        assert fold._context(2).metrics["map_at_r"] == record[fold_key(i, "map_at_r")]
+
+
 # -- the wrapper --------------------------------------------------------------------------------
 def test_reinitialisation_is_seeded():
     results = []
