@@ -36,8 +36,10 @@ def trial(settings: dict[str, object]) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    # the last epoch's line carries the terms: "reinitialisations=N"
-    lines = [line for line in done.stdout.splitlines() if line.startswith("epoch ")]
+    # the last epoch's progress line (on stderr) carries the terms: "reinitialisations=N"
+    lines = [line for line in (done.stderr + done.stdout).splitlines() if line.startswith("epoch ")]
+    if not lines:
+        raise RuntimeError(f"{' '.join(cmd)}: no epoch lines to read the re-initialisations from")
     last = lines[-1] if lines else ""
     reinits = next((float(w.split("=")[1]) for w in last.split() if w.startswith("reinitialisations=")), 0.0)
     return {"map_at_r": result["metrics"]["map_at_r"], "reinitialisations": reinits}

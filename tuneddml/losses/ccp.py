@@ -124,7 +124,8 @@ class ChanceConstrainedProxies(BaseLoss):
     (framework/losses/ccp/callback.py), greedyKCenter (framework/utilities/proxy_utils.py),
     DistanceRegularizer (framework/solvers/gradient_transformers.py). Differs: the official loss is
     a pair loss (contrastive) on sample-proxy pairs plus 0.1 x the same pair loss on sample pairs,
-    here any of our proxy losses; the official code keeps Adam's moments at a jump (reset here,
+    here any of our proxy losses (and its proxies learn at the network's rate, proxy_lrm 1.0, here
+    at the trial's ``proxy_lr``); the official code keeps Adam's moments at a jump (reset here,
     ``reset_moments``), assigns the raw embedding (here the unit embedding at the proxy's previous
     norm) and measures k-centre distances between raw embeddings and raw proxies (here unit
     vectors); its fixed-period mode seeds k-centre and anchors the proximal term with its
