@@ -35,15 +35,15 @@ METHODS = [
     ("normsoftmax", {}, "m_per_class"),
     ("softtriple", {}, "m_per_class"),
     ("multi_proxy_anchor", {}, "m_per_class"),
-    ("ccp", {"every": 1}, "m_per_class"),
-    ("ccp", {"base": "softtriple", "every": 1}, "m_per_class"),
+    ("ccp", {"schedule": "every", "every": 1}, "m_per_class"),
+    ("ccp", {"base": "softtriple", "schedule": "every", "every": 1}, "m_per_class"),
     ("vmf_proxies", {}, "m_per_class"),
 ]
 # one trial each on glyphs-tiny (about 5-10 s each on one CPU thread). CCP wraps SoftTriple there:
 # re-initialising Proxy-Anchor's proxies to the embeddings of a barely trained network (all in one
 # narrow cone) raises its negative term, so CCP's default base needs longer training to gain.
 GLYPHS_METHODS = [m for m in METHODS if m[0] != "ccp" and m[1] != {"beta_per_class": True}] + [
-    ("ccp", {"base": "softtriple", "every": 1}, "m_per_class")
+    ("ccp", {"base": "softtriple", "schedule": "every", "every": 1}, "m_per_class")
 ]
 # the synthetic problem's 10 classes have 12 training samples each: SoftTriple's default 10 centres
 # per class then leave it near its untrained Recall@1 after the loop's 4 x 5 passes (unseen-class

@@ -22,8 +22,8 @@ indices to the members that use them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -43,6 +43,12 @@ class EpochContext:
     train_labels: np.ndarray
     embed_train: Callable[[np.ndarray], torch.Tensor]  # indices -> normalised embeddings (no grad)
     device: torch.device
+    #: the previous epoch's evaluation metrics on the validation classes ({} before the first
+    #: evaluation, and in a split=test trial: the test classes never steer training)
+    metrics: dict[str, float] = field(default_factory=dict)
+    #: drops the optimiser's per-parameter state (Adam's moments, step count) of these parameters,
+    #: e.g. after a loss moved them to new values; the default does nothing
+    reset_optimizer_state: Callable[[Sequence[nn.Parameter]], None] = lambda params: None
 
 
 @dataclass(frozen=True)

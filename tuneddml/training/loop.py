@@ -143,6 +143,7 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.history: list[EpochReport] = []
         self._elapsed_before = 0.0
+        self.last_metrics: dict[str, float] = {}  # of the last evaluate(): the epoch hooks' context.metrics
 
     # -- batches -------------------------------------------------------------------------
     def _autocast(self) -> Any:
@@ -261,7 +262,7 @@ class Trainer:
         if self.data.gallery is not None:
             gallery = self.embed(self.data.gallery)
             gallery_labels = self.data.gallery.labels
-        return evaluate(
+        self.last_metrics = evaluate(
             query,
             self.data.query.labels,
             gallery,
@@ -271,14 +272,22 @@ class Trainer:
             with_nmi=self.config.eval_nmi,
             knn=knn_for_device(self.device),
         )
+        return self.last_metrics
 
     def _context(self, epoch: int) -> EpochContext:
+        def reset_optimizer_state(params: Any) -> None:
+            for p in params:
+                self.optimizer.state.pop(p, None)  # Adam & co. start that parameter's state afresh
+
         return EpochContext(
             epoch=epoch,
             model=self.model,
             train_labels=self.data.train.labels,
             embed_train=lambda idx: self.embed(self.data.train, idx).to(self.device),
             device=self.device,
+            # the validation metrics only: with split=test the evaluation classes are the test's
+            metrics=dict(self.last_metrics) if self.config.split != "test" else {},
+            reset_optimizer_state=reset_optimizer_state,
         )
 
     # -- the whole trial -----------------------------------------------------------------
@@ -315,6 +324,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "history": [r.__dict__ for r in self.history],
             "elapsed": self._elapsed_before,
+            "metrics": dict(self.last_metrics),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -335,6 +345,7 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.history = [EpochReport(**r) for r in state["history"]]
         self._elapsed_before = float(state["elapsed"])
+        self.last_metrics = dict(state.get("metrics") or {})  # absent from older checkpoints
 
     def save(self, path: str | Path) -> None:
         """Write the state atomically (temp file + rename): a killed trial leaves no half file.
