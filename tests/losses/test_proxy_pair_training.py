@@ -55,10 +55,12 @@ SYNTHETIC_METHODS = [
     for name, params, sampler in METHODS
 ]
 # how much each must gain over the untrained model on unseen classes where the shared LEARNS_BY
-# (0.1) is too much for this budget. CCP over Proxy-Anchor re-initialises the proxies before every
-# epoch: gains +0.08, +0.23, +0.36, +0.27 on seeds 0-3 (the test runs seed 0); SoftTriple with 2
-# centres: above.
-SYNTHETIC_LEARNS_BY = {("ccp", "every=1"): 0.04, ("softtriple", "proxies_per_class=2"): 0.05}
+# (0.1) is too much for this budget. CCP over Proxy-Anchor, proxies initialised from the samples of
+# an untrained network and re-initialised before every epoch: gains +0.067, +0.167, +0.308, +0.183
+# on seeds 0-3 (after issue 13's CCP), so its check takes the mean gain of seeds 0 and 1 (+0.117)
+# against 0.03, about half the smallest single-seed gain; SoftTriple with 2 centres: above.
+SYNTHETIC_LEARNS_BY = {("ccp", "schedule=every-every=1"): 0.03, ("softtriple", "proxies_per_class=2"): 0.05}
+SYNTHETIC_SEEDS = {("ccp", "schedule=every-every=1"): (0, 1)}
 # trial settings beyond the shared 2 x 15 steps. CCP re-initialises its proxies at the start of
 # epoch 2 and needs the steps after that to re-fit them: with 15 it gained +0.097, +0.023, +0.062,
 # +0.091, +0.080, +0.119 on seeds 0-5 (SoftTriple alone: +0.108 or more), with 30 per epoch
@@ -121,13 +123,20 @@ def train_synthetic(name, params, sampler, seed):
     return before, after, loss
 
 
+def test_every_own_threshold_names_a_case():
+    """A key that names no case (a parameter renamed) would silently fall back to LEARNS_BY."""
+    keys = {(name, "-".join(f"{k}={v}" for k, v in params.items())) for name, params, _ in SYNTHETIC_METHODS}
+    assert set(SYNTHETIC_LEARNS_BY) | set(SYNTHETIC_SEEDS) <= keys
+
+
 @pytest.mark.parametrize(("name", "params", "sampler"), SYNTHETIC_METHODS, ids=_ids(SYNTHETIC_METHODS))
 def test_learns_on_a_synthetic_problem(name, params, sampler, one_thread):
-    before, after, loss = train_synthetic(name, params, sampler, seed=0)
     key = (name, "-".join(f"{k}={v}" for k, v in params.items()))
-    assert after > before + SYNTHETIC_LEARNS_BY.get(key, LEARNS_BY), (before, after)
+    runs = [train_synthetic(name, params, sampler, seed=seed) for seed in SYNTHETIC_SEEDS.get(key, (0,))]
+    gain = sum(after - before for before, after, _ in runs) / len(runs)
+    assert gain > SYNTHETIC_LEARNS_BY.get(key, LEARNS_BY), [(before, after) for before, after, _ in runs]
     if name == "ccp":
-        assert loss.reinitialisations == 3  # before epochs 2, 3 and 4
+        assert all(loss.reinitialisations == 3 for _, _, loss in runs)  # before epochs 2, 3 and 4
 
 
 @pytest.mark.slow
