@@ -1,3 +1,4 @@
+# Long file: CCP's four published parts (k-centre from the proxies, the proximal term, the patience trigger, the optimiser reset) each checked by hand, plus its resume and cross-validated trials.
 """Chance-constrained proxies: the seeded k-centre choice, the initialisation from samples, the
 patience trigger, the proximal term, the optimiser-state reset and an exact resume."""
 
