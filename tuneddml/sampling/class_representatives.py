@@ -140,8 +140,8 @@ class ClassRepresentatives(MPerClass):
             self._anchor = None if self._span <= 1 else {name: p.detach().clone() for name, p in params}
             self._anchor_span = self._span
         if self._anchor is None:  # the first hold: no previous projection
-            zero = sum(p.sum() for _, p in params) * 0.0
-            return {"proximal": zero if isinstance(zero, torch.Tensor) else torch.zeros(())}
+            like = params[0][1] if params else torch.zeros(())  # the weights' device and dtype
+            return {"proximal": like.new_zeros(())}
         squared = sum(((p - self._anchor[name].to(p)) ** 2).sum() for name, p in params)
         return {"proximal": 0.5 * self.proximal_weight * squared}
 
