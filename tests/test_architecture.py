@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("searchers",),
     ("plots",),
     ("tuning",),
-    ("report", "catalog", "train", "search", "benchmark"),
+    ("report", "catalog", "train", "search", "benchmark", "multifidelity"),
 ]
 #: third-party packages only these parts of tuneddml may import
 EDGES = {"mlflow": ("tracking",), "ray": ("tuning", "searchers"), "optuna": ("searchers",)}
