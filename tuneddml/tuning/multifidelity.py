@@ -57,6 +57,14 @@ from tuneddml.tuning.multifidelity_request import (
     rung_name,
     rung_space,
 )
+from tuneddml.tuning.multifidelity_rows import (
+    ancestor_links,
+    best_of,
+    count_configs,
+    point_of,
+    promoted,
+    read_rows,
+)
 
 FIGURE_FILE = "fidelity.png"
 
@@ -87,93 +95,6 @@ class MultiFidelitySummary:
             "files": {k: str(v) for k, v in self.files.items()},
             "parent_run_id": self.parent_run_id,
         }
-
-
-def read_rows(search_folder: Path) -> list[dict[str, Any]]:
-    """A search's results table as rows (empty when it wrote none)."""
-    import pyarrow.parquet as pq
-
-    from tuneddml.results import RESULTS_FILE
-
-    path = search_folder / RESULTS_FILE
-    return pq.read_table(path).to_pylist() if path.is_file() else []
-
-
-def _usable(value: Any) -> bool:
-    return value is not None and not (isinstance(value, float) and math.isnan(value))
-
-
-def point_of(row: dict[str, Any], keys: list[str]) -> dict[str, Any]:
-    """A results row's searched settings, as a start point (an inactive conditional key left out)."""
-    from tuneddml.results import CONFIG
-
-    return {k: row[f"{CONFIG}{k}"] for k in keys if _usable(row.get(f"{CONFIG}{k}"))}
-
-
-def promoted(rows: list[dict[str, Any]], keys: list[str], metric: str, mode: str, k: int | None) -> list[dict[str, Any]]:
-    """The best ``k`` configurations' rows (all with ``k=None``), best first, one row per
-    configuration (its best trial's)."""
-    from tuneddml.results.fidelity import config_key, promote
-
-    out: list[dict[str, Any]] = []
-    seen: set[tuple] = set()
-    for row in promote(rows, metric, mode, len(rows)):
-        key = config_key(row, keys)
-        if key not in seen:
-            seen.add(key)
-            out.append(row)
-        if k is not None and len(out) == k:
-            break
-    return out
-
-
-def ancestor_links(
-    previous: list[dict[str, Any]],
-    rows: list[dict[str, Any]],
-    keys: list[str],
-    metric: str,
-    mode: str,
-    rung: int,
-    fidelity: str,
-) -> list[dict[str, Any]]:
-    """Each trial of rung ``rung`` matched to the run of the same configuration (on the searched
-    ``keys``) a rung before: its best such trial's. A trial without an MLflow run, or whose
-    configuration the rung before lacks, is left out."""
-    from tuneddml.results.fidelity import config_key
-
-    ancestors = {config_key(row, keys): row for row in promoted(previous, keys, metric, mode, None)}
-    links = []
-    for row in rows:
-        ancestor = ancestors.get(config_key(row, keys))
-        if not ancestor or not row.get("mlflow_run_id") or not ancestor.get("mlflow_run_id"):
-            continue
-        links.append(
-            {
-                "run_id": row["mlflow_run_id"],
-                "trial": row.get("trial_id"),
-                "ancestor_run_id": ancestor["mlflow_run_id"],
-                "ancestor_trial": ancestor.get("trial_id"),
-                "rung": rung,
-                "fidelity": fidelity,
-            }
-        )
-    return links
-
-
-def _count(rows: list[dict[str, Any]], keys: list[str]) -> int:
-    """How many configurations ``rows`` hold."""
-    from tuneddml.results.fidelity import config_key
-
-    return len({config_key(r, keys) for r in rows})
-
-
-def _best(rows: list[dict[str, Any]], keys: list[str], metric: str, mode: str) -> dict[str, Any]:
-    from tuneddml.results import BEST
-
-    top = promoted(rows, keys, metric, mode, 1)
-    if not top:
-        return {"config": None, "value": None, "trial": None}
-    return {"config": point_of(top[0], keys), "value": top[0].get(f"{BEST}{metric}"), "trial": top[0].get("trial_id")}
 
 
 def run_multifidelity(
@@ -232,15 +153,16 @@ def run_multifidelity(
         what = f"{rung.n} configurations searched" if i == 0 else f"the best {rung.n} of {rung_name(i - 1)}"
         print(f"\n[{i + 1}/{total}] {name} ({rung.text}): {what}", file=out, flush=True)
         summary, _ = _run_phase(request, name, parent, out, verbose)
+        state.pop("report", None)  # a rung ran: the report is written again
         rows = read_rows(folder / SEARCHES_FOLDER / name)
-        best = _best(rows, keys, metric, mode)
+        best = best_of(rows, keys, metric, mode)
         state["rungs"][i] = {
             "status": "done" if best["config"] is not None else "no_result",
             "search": name,
             "fidelity": rung.text,
             "settings": rung.settings,
             "n": rung.n,
-            "configs": _count(rows, keys),
+            "configs": count_configs(rows, keys),
             "best": best,
             "trials": summary.counts,
             "parent_run_id": summary.parent_run_id,
@@ -257,6 +179,7 @@ def run_multifidelity(
             break
     if request.check and (state.get("check") or {}).get("status") != "done":
         _check(request, state, run, out, verbose)
+        state.pop("report", None)
         _save(state, record)
     return _finish(request, state, run, started, out)
 
@@ -279,8 +202,8 @@ def _check(request: MultiFidelityRequest, state: dict[str, Any], run: Any, out: 
     state["check"] = {
         "status": "done",
         "search": CHECK,
-        "configs": _count(rows, keys),
-        "best": _best(rows, keys, request.metric, request.mode),
+        "configs": count_configs(rows, keys),
+        "best": best_of(rows, keys, request.metric, request.mode),
         "trials": summary.counts,
         "parent_run_id": summary.parent_run_id,
         "seconds": summary.seconds,
@@ -328,9 +251,14 @@ def _finish(request: MultiFidelityRequest, state: dict[str, Any], run: Any, star
 
     folder = request.folder
     ran = [(i, s) for i, s in enumerate(state["rungs"]) if s and s.get("status") == "done"]
+    seconds = [float(s.get("seconds", 0.0)) for _, s in ran]
+    if state.get("report"):  # resumed after its end: nothing new to report or log
+        files = {k: Path(v) for k, v in state["report"].items()}
+        page = next((p for p in files.values() if p.suffix == ".json" and p.is_file()), None)
+        report = json.loads(page.read_text()) if page else {}
+        return _summary(request, state, run, report, files, seconds, out)
     rungs = [read_rows(folder / SEARCHES_FOLDER / rung_name(i)) for i, _ in ran]
     names = [f"{rung_name(i)} {s['fidelity']}" for i, s in ran]
-    seconds = [float(s.get("seconds", 0.0)) for _, s in ran]
     checked = (state.get("check") or {}).get("status") == "done"
     check_rows = read_rows(folder / SEARCHES_FOLDER / CHECK) if checked else None
     report = fidelity_report(
@@ -356,8 +284,21 @@ def _finish(request: MultiFidelityRequest, state: dict[str, Any], run: Any, star
         print(f"warning: MLflow: the fidelity report was not logged ({exc}); its files are in {folder}", file=out)
     state["report"] = {k: str(v) for k, v in files.items()}
     _save(state, folder / MULTIFIDELITY_FILE)
+    return _summary(request, state, run, report, files, seconds, out)
+
+
+def _summary(
+    request: MultiFidelityRequest,
+    state: dict[str, Any],
+    run: Any,
+    report: dict[str, Any],
+    files: dict[str, Path],
+    seconds: list[float],
+    out: IO[str],
+) -> MultiFidelitySummary:
+    """Print each rung's line and the report's page; the summary."""
     pages = [Path(p) for p in files.values() if str(p).endswith(".md")]
-    markdown = pages[0].read_text() if pages else ""
+    markdown = pages[0].read_text() if pages and pages[0].is_file() else ""
     for i, s in enumerate(state["rungs"]):
         if s:
             best = s.get("best") or {}
@@ -373,7 +314,7 @@ def _finish(request: MultiFidelityRequest, state: dict[str, Any], run: Any, star
     check = state.get("check") or {}
     return MultiFidelitySummary(
         request.name,
-        folder,
+        request.folder,
         [s for s in state["rungs"] if s],
         (last or {}).get("best", {}).get("config"),
         (last or {}).get("best", {}).get("value"),
