@@ -6,6 +6,7 @@ resume that does nothing new."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -177,7 +178,9 @@ def test_each_promoted_trial_is_linked_to_the_best_trial_of_its_configuration_a_
     assert links == [
         {"run_id": "run-x", "trial": "x", "ancestor_run_id": "run-b", "ancestor_trial": "b", "rung": 1, "fidelity": "epochs=2"},
         {"run_id": "run-y", "trial": "y", "ancestor_run_id": "run-c", "ancestor_trial": "c", "rung": 1, "fidelity": "epochs=2"},
-    ]  # z has no MLflow run: no link
+        # z's run was not in MLflow when its table was written: found later by its trial id
+        {"run_id": None, "trial": "z", "ancestor_run_id": "run-a", "ancestor_trial": "a", "rung": 1, "fidelity": "epochs=2"},
+    ]
 
 
 def test_a_later_rung_is_a_points_search_of_the_promoted_configurations(workdir):
@@ -221,10 +224,13 @@ def test_links_mlflow_could_not_take_are_kept_and_applied_again(capsys):
             raise ConnectionError("store unreachable")
 
     class Up:
-        applied: list = []
+        def __init__(self) -> None:
+            self.applied: list = []
+            self.missing = 1  # a run the store does not have yet
 
         def link(self, links):  # type: ignore[no-untyped-def]
             self.applied.extend(links)
+            return self.missing
 
     state = {"links": {"rung1": {"links": [{"run_id": "r", "ancestor_run_id": "a"}], "applied": False}}}
     _apply_links(Down(), state, "rung1", sys.stdout)
@@ -232,7 +238,10 @@ def test_links_mlflow_could_not_take_are_kept_and_applied_again(capsys):
     assert "not linked to their ancestors" in capsys.readouterr().out
     up = Up()
     _apply_links(up, state, "rung1", sys.stdout)
-    assert state["links"]["rung1"]["applied"] is True and up.applied == [{"run_id": "r", "ancestor_run_id": "a"}]
+    assert state["links"]["rung1"]["applied"] is False and "1 trial runs of rung1" in capsys.readouterr().out
+    up.missing = 0
+    _apply_links(up, state, "rung1", sys.stdout)
+    assert state["links"]["rung1"]["applied"] is True and up.applied[-1] == {"run_id": "r", "ancestor_run_id": "a"}
 
 
 def test_the_reports_correlations_and_regrets_become_metrics():
@@ -255,8 +264,9 @@ def _run(args, cwd, env):  # type: ignore[no-untyped-def]
 def test_a_tiny_multi_fidelity_search_end_to_end(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from tuneddml.results.fidelity import config_key
     from tuneddml.tuning.multifidelity_rows import read_rows
+
+    config_key = importlib.import_module("tuneddml.results.fidelity").config_key  # the stand-in's, until merged
 
     ray_tmp = short_tmp("mf")
     env = child_env(ray_tmp) | {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -319,5 +329,18 @@ def test_a_tiny_multi_fidelity_search_end_to_end(tmp_path):
         assert again.stderr.count("done before, not run again") == 3
         assert {p: p.stat().st_mtime_ns for p in folder.rglob("results.parquet")} == written
         assert len(client.search_runs([experiment.experiment_id], max_results=500)) == count
+
+        # the last rung's driver died mid-rung (its search started, no outcome recorded): resumed
+        # as search --resume resumes it, its ended trial not trained again, the report written again
+        state["rungs"][2] = None
+        state.pop("report")
+        (folder / MULTIFIDELITY_FILE).write_text(json.dumps(state))
+        (folder / "fidelity.md").unlink()
+        again = _run(["--resume", *common], tmp_path, env)
+        assert again.returncode == 0, again.stderr[-4000:]
+        assert again.stderr.count("done before, not run again") == 2 and "resuming search rung2" in again.stderr
+        assert json.loads((folder / MULTIFIDELITY_FILE).read_text())["rungs"][2]["status"] == "done"
+        assert (folder / "fidelity.md").is_file()
+        assert len(client.search_runs([experiment.experiment_id], max_results=500)) == count  # no trial run twice
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)

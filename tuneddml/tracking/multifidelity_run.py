@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneddml.tracking.mlflow_store import client, experiment_id, log_metrics, log_params
+from tuneddml.tracking.search_run import TRIAL_TAG
 
 MULTIFIDELITY_TAG = "tuneddml.multifidelity"
 ANCESTOR_RUN_TAG = "tuneddml.ancestor_run_id"  # on a promoted trial's run: the same config's run a rung before
@@ -58,18 +59,32 @@ class MultiFidelityRun:
         """Name a rung's search on the parent (``tuneddml.search_run_id.<rung>``)."""
         client(self.uri).set_tag(self.parent_run_id, f"{SEARCH_RUN_TAG}.{rung}", search_run_id)
 
-    def link(self, links: Sequence[Mapping[str, Any]]) -> None:
-        """Tag each promoted trial's run with its ancestor, and each ancestor with its descendant.
-        ``links``: dicts with ``run_id``, ``ancestor_run_id``, ``ancestor_trial``, ``rung`` and
-        ``fidelity`` (setting a tag twice is harmless: a replay changes nothing)."""
+    def link(self, links: Sequence[dict[str, Any]]) -> int:
+        """Tag each promoted trial's run with its ancestor, and each ancestor with its descendant;
+        the number of links left undone (a run not found). ``links``: dicts with ``run_id``,
+        ``ancestor_run_id``, ``trial``, ``ancestor_trial``, ``rung``, ``fidelity`` and the two
+        searches' parent runs ``search_run_id``, ``ancestor_search_run_id``; a run id that is None
+        (the results table was written while MLflow was down) is looked up by its trial's id under
+        its search's parent run, and written into the link. Setting a tag twice changes nothing."""
         mlflow = client(self.uri)
+        undone = 0
         for link in links:
-            run_id = link["run_id"]
-            mlflow.set_tag(run_id, ANCESTOR_RUN_TAG, link["ancestor_run_id"])
+            for own, trial, search in (
+                ("run_id", "trial", "search_run_id"),
+                ("ancestor_run_id", "ancestor_trial", "ancestor_search_run_id"),
+            ):
+                if not link.get(own) and link.get(trial) and link.get(search):
+                    link[own] = _trial_run(mlflow, self.experiment_id, link[search], str(link[trial]))
+            run_id, ancestor = link.get("run_id"), link.get("ancestor_run_id")
+            if not run_id or not ancestor:
+                undone += 1
+                continue
+            mlflow.set_tag(run_id, ANCESTOR_RUN_TAG, ancestor)
             mlflow.set_tag(run_id, ANCESTOR_TRIAL_TAG, str(link.get("ancestor_trial") or ""))
             mlflow.set_tag(run_id, RUNG_TAG, str(int(link["rung"])))
             mlflow.set_tag(run_id, FIDELITY_TAG, str(link["fidelity"]))
-            mlflow.set_tag(link["ancestor_run_id"], PROMOTED_TO_TAG, run_id)
+            mlflow.set_tag(ancestor, PROMOTED_TO_TAG, run_id)
+        return undone
 
     def finish(self, *, files: Sequence[Path], metrics: Mapping[str, float], status: str = "FINISHED") -> None:
         """``metrics`` and ``files`` on the parent; end it."""
@@ -78,3 +93,13 @@ class MultiFidelityRun:
         for path in files:
             mlflow.log_artifact(self.parent_run_id, str(path))
         mlflow.set_terminated(self.parent_run_id, status)
+
+
+def _trial_run(mlflow: Any, experiment: str, search_run_id: str, trial_id: str) -> str | None:
+    """The run of trial ``trial_id`` under a search's parent run (None: not in MLflow yet)."""
+    found = mlflow.search_runs(
+        [experiment],
+        filter_string=f"tags.{PARENT_TAG} = '{search_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
+        max_results=1,
+    )
+    return found[0].info.run_id if found else None

@@ -170,7 +170,10 @@ def run_multifidelity(
         }
         if i > 0:
             previous = read_rows(folder / SEARCHES_FOLDER / rung_name(i - 1))
-            state["links"][name] = {"links": ancestor_links(previous, rows, keys, metric, mode, i, rung.text), "applied": False}
+            links = ancestor_links(previous, rows, keys, metric, mode, i, rung.text)
+            for link in links:  # where to find a run MLflow did not have when the table was written
+                link.update(search_run_id=summary.parent_run_id, ancestor_search_run_id=state["rungs"][i - 1]["parent_run_id"])
+            state["links"][name] = {"links": links, "applied": False}
             _apply_links(run, state, name, out)
         _link_search(run, name, summary.parent_run_id, out)
         _save(state, record)
@@ -214,11 +217,14 @@ def _check(request: MultiFidelityRequest, state: dict[str, Any], run: Any, out: 
 def _apply_links(run: Any, state: dict[str, Any], name: str, out: IO[str]) -> None:
     entry = state["links"][name]
     try:
-        run.link(entry["links"])
-        entry["applied"] = True
+        undone = run.link(entry["links"])
+        why = f"{undone} of their runs not in MLflow yet (python -m tuneddml.tracking.sync sends them)"
     except Exception as exc:  # MLflow unreachable: multifidelity.json keeps them for --resume
+        undone, why = len(entry["links"]), str(exc)
+    entry["applied"] = not undone
+    if undone:
         print(
-            f"warning: MLflow: {len(entry['links'])} trial runs of {name} not linked to their ancestors ({exc}); "
+            f"warning: MLflow: {undone} trial runs of {name} not linked to their ancestors ({why}); "
             f"kept in {MULTIFIDELITY_FILE}, applied again by --resume",
             file=out,
         )

@@ -60,21 +60,22 @@ def ancestor_links(
     fidelity: str,
 ) -> list[dict[str, Any]]:
     """Each trial of rung ``rung`` matched to the run of the same configuration (on the searched
-    ``keys``) a rung before: its best such trial's. A trial without an MLflow run, or whose
-    configuration the rung before lacks, is left out."""
+    ``keys``) a rung before: its best such trial's. A trial whose configuration the rung before
+    lacks is left out; a run id the table lacks (MLflow was down) is None, found later by the
+    trial's id (:meth:`~tuneddml.tracking.multifidelity_run.MultiFidelityRun.link`)."""
     from tuneddml.results.fidelity import config_key
 
     ancestors = {config_key(row, keys): row for row in promoted(previous, keys, metric, mode, None)}
     links = []
     for row in rows:
         ancestor = ancestors.get(config_key(row, keys))
-        if not ancestor or not row.get("mlflow_run_id") or not ancestor.get("mlflow_run_id"):
+        if not ancestor:
             continue
         links.append(
             {
-                "run_id": row["mlflow_run_id"],
+                "run_id": row.get("mlflow_run_id") or None,
                 "trial": row.get("trial_id"),
-                "ancestor_run_id": ancestor["mlflow_run_id"],
+                "ancestor_run_id": ancestor.get("mlflow_run_id") or None,
                 "ancestor_trial": ancestor.get("trial_id"),
                 "rung": rung,
                 "fidelity": fidelity,
