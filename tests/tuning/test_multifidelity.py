@@ -344,3 +344,27 @@ def test_a_tiny_multi_fidelity_search_end_to_end(tmp_path):
         assert len(client.search_runs([experiment.experiment_id], max_results=500)) == count  # no trial run twice
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_a_link_whose_run_was_not_in_mlflow_is_found_by_its_trial_id_later(tmp_path):
+    from tuneddml.tracking.mlflow_store import client
+    from tuneddml.tracking.multifidelity_run import MultiFidelityRun
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run = MultiFidelityRun.start(uri, "e", "m", {"rungs": "[]"})
+    mlflow = client(uri)
+
+    def child(parent, **tags):  # type: ignore[no-untyped-def]
+        return mlflow.create_run(run.experiment_id, tags={"mlflow.parentRunId": parent, **tags}).info.run_id
+
+    search0, search1 = child(run.parent_run_id), child(run.parent_run_id)
+    ancestor = child(search0, **{"tuneddml.trial_id": "t0"})
+    links = [{"run_id": None, "trial": "t1", "ancestor_run_id": ancestor, "ancestor_trial": "t0", "rung": 1,
+              "fidelity": "epochs=2", "search_run_id": search1, "ancestor_search_run_id": search0}]
+    assert run.link(links) == 1 and links[0]["run_id"] is None  # not sent yet: left undone
+    late = child(search1, **{"tuneddml.trial_id": "t1"})  # python -m tuneddml.tracking.sync sent it
+    assert run.link(links) == 0 and links[0]["run_id"] == late
+    tags = mlflow.get_run(late).data.tags
+    assert tags["tuneddml.ancestor_run_id"] == ancestor and tags["tuneddml.rung"] == "1"
+    assert tags["tuneddml.fidelity"] == "epochs=2" and tags["tuneddml.ancestor_trial"] == "t0"
+    assert mlflow.get_run(ancestor).data.tags["tuneddml.promoted_to"] == late
