@@ -368,3 +368,20 @@ def test_a_link_whose_run_was_not_in_mlflow_is_found_by_its_trial_id_later(tmp_p
     assert tags["tuneddml.ancestor_run_id"] == ancestor and tags["tuneddml.rung"] == "1"
     assert tags["tuneddml.fidelity"] == "epochs=2" and tags["tuneddml.ancestor_trial"] == "t0"
     assert mlflow.get_run(ancestor).data.tags["tuneddml.promoted_to"] == late
+
+
+def test_no_rung_with_a_result_ends_the_parent_run_failed_with_no_report(workdir, capsys):
+    from tuneddml.tuning.multifidelity import _finish
+
+    class Run:
+        parent_run_id = "p"
+        status = None
+
+        def finish(self, *, files, metrics, status):  # type: ignore[no-untyped-def]
+            Run.status = status
+
+    request = prepare_multifidelity(space="quick", rungs=["epochs=1:4", "full:2"], name="m")
+    state = {"rungs": [{"status": "no_result", "fidelity": "epochs=1", "configs": 0}, None], "check": None}
+    summary = _finish(request, state, Run(), 0.0, sys.stdout)
+    assert Run.status == "FAILED" and summary.best_config is None and summary.files == {}
+    assert "no rung gave a result" in capsys.readouterr().out

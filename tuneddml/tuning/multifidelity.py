@@ -263,6 +263,13 @@ def _finish(request: MultiFidelityRequest, state: dict[str, Any], run: Any, star
         page = next((p for p in files.values() if p.suffix == ".json" and p.is_file()), None)
         report = json.loads(page.read_text()) if page else {}
         return _summary(request, state, run, report, files, seconds, out)
+    if not ran:  # not even rung 0 gave a result: nothing to report
+        print(f"no rung gave a result; the searches are in {folder / SEARCHES_FOLDER}", file=out)
+        try:
+            run.finish(files=[], metrics={}, status="FAILED")
+        except Exception as exc:
+            print(f"warning: MLflow: the parent run was not ended ({exc})", file=out)
+        return _summary(request, state, run, {}, {}, seconds, out)
     rungs = [read_rows(folder / SEARCHES_FOLDER / rung_name(i)) for i, _ in ran]
     names = [f"{rung_name(i)} {s['fidelity']}" for i, s in ran]
     checked = (state.get("check") or {}).get("status") == "done"
