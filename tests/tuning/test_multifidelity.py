@@ -137,6 +137,19 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(workdir, capsys, arg
     assert os.listdir(workdir) == []  # no mlflow.db, no tuneddml_runs
 
 
+def test_validating_it_imports_neither_ray_nor_mlflow(tmp_path):
+    code = (
+        "import sys; from tuneddml.tuning.multifidelity_request import prepare_multifidelity; "
+        "prepare_multifidelity(space='quick', rungs=['epochs=1:4', 'full:2'], check=True, storage=sys.argv[1], name='m'); "
+        "print(sorted(m for m in ('ray', 'mlflow', 'optuna') if m in sys.modules))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]" and os.listdir(tmp_path) == []
+
+
 def _rows():
     """A results table of rung 0: three configurations (one run twice), a failed and a NaN trial."""
     def row(trial, loss, lam, value, status="finished", temperature=None):  # type: ignore[no-untyped-def]
