@@ -120,6 +120,8 @@ def test_rungs_that_make_no_bracket_are_refused(texts, needle):
         (["--space", "nope", "--rung", "epochs=1:4", "--rung", "full:2"], "--space"),
         (["--rung", "epochs=1:4", "--rung", "full:2"], "--space"),
         (["--space", "quick", "--storage", "s3://bucket/x"], "--storage"),
+        (["--space", "quick", "--rung", "epochs=1:4", "--rung", "full:2", "--cpus-per-trial", "0"], "--cpus-per-trial"),
+        (["--space", "quick", "--rung", "epochs=1:4", "--rung", "full:2", "--seed", "-1"], "--seed"),
         (["--resume", "--name", "never-ran"], "--name"),
         (["--resume", "--name", "x", "--space", "quick"], "no --space with --resume"),
     ],
