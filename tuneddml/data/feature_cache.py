@@ -34,6 +34,7 @@ import torch
 
 from tuneddml.data.base import ArrayItems
 from tuneddml.data.files import FileItems
+from tuneddml.errors import ConfigError
 
 #: changes whenever the file layout or the meaning of the key parts changes: old files are not read
 FORMAT_VERSION = 1
@@ -276,13 +277,18 @@ def cached(
     Built once: concurrent callers (processes, nodes sharing the folder) wait on an exclusive lock
     of ``<key>.lock`` and find the file made by the first; the file is written under a temporary
     name and renamed, so it is whole or absent (the lock needs a filesystem with working
-    ``flock``: local disks, NFSv4, Lustre and the like)."""
+    ``flock``: local disks, NFSv4, Lustre and the like). A folder that cannot be made or written
+    is a ConfigError naming ``feature_cache``."""
     folder = Path(folder).expanduser()
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{key}.arrow"
     if _readable(path, key):
         return path
-    with open(folder / f"{key}.lock", "a+") as lock:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / f"{key}.lock", "a+")  # closed by the with below
+    except OSError as exc:
+        raise ConfigError("feature_cache", str(folder), f"a folder this process can write ({exc.strerror})") from None
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if _readable(path, key):  # built by another caller while this one waited

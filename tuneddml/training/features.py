@@ -149,7 +149,7 @@ def embed_part(
     was_training = backbone.training
     backbone.eval()
     pipeline = InputPipeline(
-        {"part": items},
+        {"train": items},  # the training path reads "train"; eval finds the items by identity
         augmentation=augmentation if view != EVAL_VIEW else "none",
         seed=VIEW_SEED,
         device=device,
