@@ -182,6 +182,10 @@ def test_feature_views_train_each_epoch_on_its_own_augmented_draw(tmp_path):
     np.testing.assert_array_equal(again.data.train.views[1], train.views[1])
     Trainer(_config(tmp_path, features="cached", feature_views=2, augment=True, seed=5))
     assert len(list((tmp_path / "cache").glob("*.arrow"))) == 8
+    # a view's draws do not depend on the settings the key leaves out (eval_batch_size here)
+    elsewhere = _config(tmp_path, features="cached", feature_views=2, augment=True, eval_batch_size=7)
+    elsewhere = Trainer(TrialConfig.from_flat({**elsewhere.to_flat(), "feature_cache": str(tmp_path / "other")}))
+    np.testing.assert_allclose(elsewhere.data.train.views[1], train.views[1], rtol=1e-5, atol=1e-6)
 
 
 def test_a_cross_validated_cached_trial_equals_the_full_one_and_builds_the_cache_once(tmp_path):

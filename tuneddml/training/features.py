@@ -22,8 +22,8 @@ full trial's, so a cached trial gives the metrics of a full trial with ``backbon
 augment=false`` and the same seed (to float rounding: the backbone sees other batch sizes).
 
 With ``feature_views=V > 0`` the cache also holds V augmented draws of the training items (view
-``v``: one pass over the training part in order through the dataset's training augmentation,
-seeded by ``v`` alone, so every trial of a search shares them), and epoch ``e`` trains on view
+``v``: one pass over the training part in order, :data:`VIEW_BATCH` items at a time, through the
+dataset's training augmentation seeded by ``v`` alone, so every trial of a search shares them), and epoch ``e`` trains on view
 ``(e - 1) % V`` (:func:`select_epoch_view`); queries and gallery always use the evaluation view.
 
 A key (:func:`key_parts`) holds everything the features depend on and nothing else: the dataset
@@ -56,6 +56,9 @@ PARTS = ("train", "test", "test_gallery")
 EVAL_VIEW = -1
 #: the seed of the augmented views' crops of file-backed items (with the view as the epoch)
 VIEW_SEED = 0
+#: items per batch of an augmented view: fixed, so a view's random draws do not depend on any
+#: trial setting (a batch's augmentation and a file's crop depend on its place in the batches)
+VIEW_BATCH = 256
 
 _fingerprints: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
@@ -143,7 +146,8 @@ def key_parts(
 def embed_part(
     config: TrialConfig, backbone: nn.Module, items: Any, device: torch.device, view: int, augmentation: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The backbone's float32 features ``[N, F]`` of every item, in order, with their labels."""
+    """The backbone's float32 features ``[N, F]`` of every item, in order, with their labels: the
+    evaluation view ``eval_batch_size`` items at a time, an augmented view :data:`VIEW_BATCH`."""
     from tuneddml.data.loader import InputPipeline
 
     was_training = backbone.training
@@ -163,7 +167,7 @@ def embed_part(
         if view == EVAL_VIEW:
             batches: Any = pipeline.eval(items, order, size)
         else:
-            chunks = (order[start : start + size] for start in range(0, len(order), size))
+            chunks = (order[start : start + VIEW_BATCH] for start in range(0, len(order), VIEW_BATCH))
             generator = torch.Generator().manual_seed(view)
             batches = (x for _, x in pipeline.train(chunks, view + 1, generator))
         for x in batches:
