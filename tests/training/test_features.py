@@ -200,9 +200,9 @@ def test_a_cross_validated_cached_trial_equals_the_full_one_and_builds_the_cache
     ("flat", "field", "expected"),
     [
         ({"feature_views": 2}, "feature_views", "features=full"),
-        ({"features": "cached", "backbone.freeze": False}, "features", "backbone.freeze=true"),
+        ({"features": "cached", "backbone.freeze": False}, "backbone.freeze", "true or unset with features=cached"),
         ({"features": "cached", "augment": True}, "augment", "feature_views > 0"),
-        ({"features": "cached", "feature_views": 2}, "feature_views", "augment=false"),
+        ({"features": "cached", "feature_views": 2, "augment": False}, "feature_views", "augment=false"),
         ({"features": "some"}, "features", "full, cached"),
         ({"features": "cached", "feature_views": -1}, "feature_views", "[0, 1000]"),
         ({"backbone.freeze": "sometimes"}, "backbone.freeze", "bool"),
@@ -256,3 +256,15 @@ def test_file_backed_items_match_the_full_trial_and_another_mount_reads_the_same
     assert len(list((tmp_path / "cache").glob("*.arrow"))) == 4
     np.testing.assert_array_equal(views.views[0], again.views[0])
     assert not np.allclose(views.views[0], views.views[1]) and not np.allclose(views.views[0], views.features)
+
+
+def test_features_cached_alone_implies_a_frozen_backbone_and_no_augmentation():
+    cached = TrialConfig.from_flat({"features": "cached"})
+    assert cached.backbone_frozen and not cached.augments
+    views = TrialConfig.from_flat({"features": "cached", "feature_views": 2})
+    assert views.backbone_frozen and views.augments
+    full = TrialConfig.from_flat({})
+    assert not full.backbone_frozen and full.augments
+    assert TrialConfig.from_flat({"backbone.freeze": True, "augment": False}).backbone_frozen
+    # a full config turned into a cached one keeps working (its flat keys hold augment=None)
+    assert not full.replace(features="cached").augments

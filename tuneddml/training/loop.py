@@ -113,7 +113,7 @@ class Trainer:
             item_shape=self.data.train.item_shape,
             embedding_size=config.embedding_size,
             freeze_bn=backbone_settings["freeze_bn"],
-            freeze=backbone_settings["freeze"],
+            freeze=config.backbone_frozen,
         ).to(self.device)
         self.feature_dataset: Any = None  # features=cached: the dataset of cached features
         if config.features == "cached":  # the data: cached features; the backbone: an identity
@@ -163,7 +163,7 @@ class Trainer:
         parts = {"train": self.data.train, "query": self.data.query, "gallery": self.data.gallery}
         return InputPipeline(
             parts,
-            augmentation=self.data.augmentation if self.config.augment else "none",
+            augmentation=self.data.augmentation if self.config.augments else "none",
             seed=self.config.seed,
             device=self.device,
             workers=self.config.workers,
