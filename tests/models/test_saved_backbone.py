@@ -148,7 +148,11 @@ def test_files_it_cannot_use_are_refused_before_a_search(tmp_path):
     bad = _weights_file(tmp_path, model, {**SMALL, "backbone.depth": 99}, name="bad")
     assert "backbone.depth" in _refused(bad)
     nothing = _weights_file(tmp_path, torch.nn.Linear(2, 2), name="foreign")  # keys weight, bias
-    assert "no backbone.* or head.* keys" in _refused(nothing)
+    assert "no backbone.* keys" in _refused(nothing)
+    head = {k: v for k, v in model.state_dict().items() if k.startswith("head.")}
+    torch.save(head, tmp_path / "head.pt")  # a features=cached trial's weights: the head alone
+    (tmp_path / "head.json").write_text(json.dumps({**SMALL, "features": "cached"}))
+    assert "features=cached trial trains only the head" in _refused(tmp_path / "head.pt")
     wrong = _weights_file(
         tmp_path, _embedder(), {**SMALL, "backbone.width": 8}, name="wrong"
     )  # another width

@@ -136,8 +136,14 @@ def read_saved(path: str, fold: int = 0) -> Saved:
     backbone, params = architecture(config, path)
     prefix = "backbone."
     weights = {k[len(prefix) :]: v for k, v in model.items() if isinstance(k, str) and k.startswith(prefix)}
-    if not weights and not any(isinstance(k, str) and k.startswith("head.") for k in model):
-        raise ConfigError(FIELD, path, EXPECTED + ": its weights have no backbone.* or head.* keys")
+    if not weights:
+        cached = isinstance(config, Mapping) and config.get("features") == "cached"
+        why = (
+            "a features=cached trial trains only the head, so its file holds no backbone: use that trial's own backbone"
+            if cached
+            else "its weights have no backbone.* keys"
+        )
+        raise ConfigError(FIELD, path, f"{EXPECTED}: {why}")
     return Saved(file, backbone, params, weights)
 
 
