@@ -1,3 +1,4 @@
+# Long file: every trial setting, its validation and the combinations refused (features, views, backbone settings) live in the one frozen dataclass every entry point builds.
 """The trial configuration: one frozen, validated dataclass describes a trial completely.
 
 Every entry point (the ``train`` CLI, Ray Tune trials, tests) builds a :class:`TrialConfig` with
@@ -53,6 +54,17 @@ class TrialConfig:
     # split=test the fold models are scored on the test classes, alone and concatenated
     cross_validate: bool = False
     workers: int | None = None  # image-decoding processes for file-backed sets; None: min(8, CPUs - 1), 0 in memory
+    # the dataset's training augmentation; false: none (file-backed items: the eval view); None:
+    # on, except for features=cached with feature_views=0 (the cached evaluation view)
+    augment: bool | None = None
+    # cached: the frozen backbone's features of every item computed once, stored in feature_cache,
+    # and only the head (and the loss) trained on them; implies backbone.freeze (an explicit
+    # backbone.freeze=false is refused), and no augmentation unless feature_views > 0
+    features: Literal["full", "cached"] = "full"
+    # features=cached: V > 0 stored augmented views of the training items, epoch e trains on view
+    # (e-1) % V; 0: the evaluation view only (as augment=false)
+    feature_views: int = 0
+    feature_cache: str | None = None  # folder of cached features; None: $TUNEDDML_FEATURE_CACHE, else ~/.cache/tuneddml/features
     # model
     backbone: str = "small_cnn"
     embedding_size: int = 64
@@ -172,6 +184,41 @@ class TrialConfig:
             raise ConfigError("fold", self.fold, f"an integer in [0, num_folds={self.num_folds})")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ConfigError("device", self.device, "auto, cpu, cuda or cuda:N")
+        self._check_features()
+
+    def _check_features(self) -> None:
+        """``features``, ``feature_views``, ``augment``, ``backbone.freeze``: the combinations that run."""
+        if self.features == "full":
+            if self.feature_views:
+                raise ConfigError("feature_views", self.feature_views, "0 with features=full (views are cached features)")
+            return
+        if self.backbone_params.get("freeze") is False:
+            raise ConfigError(
+                "backbone.freeze", False, "true or unset with features=cached (cached features need a frozen backbone)"
+            )
+        if self.feature_views and self.augment is False:
+            raise ConfigError("feature_views", self.feature_views, "0 with augment=false (views are augmented draws)")
+        if not self.feature_views and self.augment:  # what ran is what the record says
+            raise ConfigError(
+                "augment",
+                self.augment,
+                "false with features=cached and feature_views=0 (the cached evaluation view is not augmented), "
+                "or feature_views > 0 (augmented views)",
+            )
+
+    @property
+    def augments(self) -> bool:
+        """Whether training batches are augmented: ``augment``, or by default on unless the trial
+        trains on cached evaluation-view features (``features=cached``, ``feature_views=0``)."""
+        if self.augment is not None:
+            return self.augment
+        return not (self.features == "cached" and not self.feature_views)
+
+    @property
+    def backbone_frozen(self) -> bool:
+        """``backbone.freeze``, or by default frozen exactly when ``features=cached``."""
+        freeze = self.backbone_params.get("freeze")
+        return self.features == "cached" if freeze is None else bool(freeze)
 
     def to_flat(self) -> dict[str, Any]:
         """Flat keys, dotted for component parameters; ``from_flat(to_flat())`` round-trips."""
@@ -216,8 +263,8 @@ class TrialConfig:
 
 def merge_flat(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
     """Flat keys ``base`` with ``changes`` applied. A component given a new name loses ``base``'s
-    parameters of that component (they belong to the old one; ``backbone.lr`` and
-    ``backbone.freeze_bn``, valid for every backbone, stay); a new dataset also loses the image
+    parameters of that component (they belong to the old one; ``backbone.lr``,
+    ``backbone.freeze_bn`` and ``backbone.freeze``, valid for every backbone, stay); a new dataset also loses the image
     size, unless ``changes`` gives one."""
     merged = dict(base)
     for prefix, (name_field, _) in COMPONENTS.items():
@@ -266,14 +313,17 @@ def _amp(value: Any) -> Any:
 _LEGACY = {"amp": _amp}
 
 
-def _backbone_settings(lr: float | None = None, freeze_bn: bool = False) -> None:
+def _backbone_settings(lr: float | None = None, freeze_bn: bool = False, freeze: bool | None = None) -> None:
     """The parameters every backbone takes besides its own, applied by the trial: ``lr``, the
     backbone's learning rate (None: the trial's ``lr``, one group with the head); ``freeze_bn``,
     the backbone's BatchNorm layers are frozen (``build_model(freeze_bn=True)``), their affine
-    parameters left out of the optimiser."""
+    parameters left out of the optimiser; ``freeze``, the whole backbone is frozen
+    (``build_model(freeze=True)``: eval mode, no gradient, out of the optimiser), only the head
+    and the loss's parameters train (None: frozen exactly with ``features=cached``,
+    :attr:`TrialConfig.backbone_frozen`)."""
 
 
-#: backbone.lr, backbone.freeze_bn: valid for every backbone, stripped before it is built
+#: backbone.lr, backbone.freeze_bn, backbone.freeze: valid for every backbone, stripped before it is built
 BACKBONE_SPECS = param_specs(_backbone_settings, {"lr": "(0, 10]"}, (), "backbone settings")
 
 
@@ -350,6 +400,7 @@ _TOP_SPECS = param_specs(
         "workers": "[0, 256]",
         "resize_size": "[8, 4096]",
         "eval_batch_size": "[1, 1000000]",
+        "feature_views": "[0, 1000]",
         "seed": SEED_RANGE,
         "fold_seed": SEED_RANGE,
     },

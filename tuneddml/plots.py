@@ -1,4 +1,4 @@
-# Long file: the report's five figures and the leaderboard's share their scales, labels and figure helpers.
+# Long file: the report's five figures, the leaderboard's and the fidelity report's share their scales, labels and figure helpers.
 """The report's figures, drawn from a results frame (one row per trial: :mod:`tuneddml.results.schema`)
 and the searches' per-epoch logs.
 
@@ -23,7 +23,8 @@ does not apply (no loss with a ``lambda``, no varied parameter, no epoch log, to
 the end of a search, ``python -m tuneddml.report`` on demand), and none for a search without any
 result. :func:`draw_leaderboard` draws a benchmark's leaderboard (a
 :class:`~tuneddml.results.leaderboard.Leaderboard`, not a results table) as error bars, and
-:func:`save_leaderboard_figure` saves it. Figures are built on :class:`matplotlib.figure.Figure`
+:func:`save_leaderboard_figure` saves it; :func:`draw_fidelity` draws a multi-fidelity search's
+fidelity report (rung against rung, not a results table) and :func:`save_fidelity_figure` saves it. Figures are built on :class:`matplotlib.figure.Figure`
 with the Agg canvas, never through pyplot, so drawing touches no global state and needs no display.
 """
 
@@ -540,6 +541,70 @@ def draw_leaderboard(board: Leaderboard) -> Figure | str:
 def save_leaderboard_figure(board: Leaderboard, path: str | os.PathLike) -> Path | str:
     """:func:`draw_leaderboard` saved as a PNG at ``path``; why not, when it does not apply."""
     drawn = draw_leaderboard(board)
+    return drawn if isinstance(drawn, str) else _save(drawn, Path(path))
+
+
+def draw_fidelity(report: dict[str, Any]) -> Figure | str:
+    """A multi-fidelity search's fidelity report (:func:`tuneddml.results.fidelity.fidelity_report`):
+    one panel per pair of rungs it compares (consecutive ones, and the first against the last), and
+    one of rung 0 against the check run if there is one. Each configuration run at both is a point,
+    x its value at the cheaper fidelity, y at the dearer one; the configurations promoted on from the
+    panel's dearer rung (from rung 0, in the check's panel) are highlighted, the search's final pick
+    is a star, the cheaper rung's configurations not run at the dearer one are ticks along the
+    bottom, the dotted line is y = x; Spearman's rank correlation is in each title."""
+    from tuneddml.results.leaderboard import metric_label
+
+    metric = metric_label(report["metric"])
+    panels = [(p, p["names"][0], p["names"][1]) for p in report["pairs"]]
+    if report.get("check") is not None:
+        panels.append((report["check"], report["rungs"][0]["name"], "check"))
+    panels = [panel for panel in panels if panel[0]["points"]]
+    if not panels:
+        return "fidelity: no configuration has a value at two fidelities"
+    columns = min(len(panels), 3)
+    rows = math.ceil(len(panels) / columns)
+    figure = _new_figure(4.2 * columns, 3.9 * rows)
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for ax, (panel, cheap, dear) in zip(axes, panels):
+        points = panel["points"]
+        x = np.array([p["x"] for p in points], dtype=float)
+        y = np.array([p["y"] for p in points], dtype=float)
+        promoted = np.array([p["promoted"] for p in points], dtype=bool)
+        final = np.array([p["final_best"] for p in points], dtype=bool)
+        on = panel.get("promoted_to")
+        rest = f"not promoted to {on}" if on else f"run at {cheap} and {dear}"
+        ax.scatter(x[~promoted], y[~promoted], s=22, color="tab:blue", alpha=0.75, label=rest)
+        if on:
+            ax.scatter(x[promoted], y[promoted], s=34, color="tab:orange", edgecolor="black", linewidth=0.5,
+                       label=f"promoted to {on}")  # fmt: skip
+        if final.any():
+            ax.scatter(x[final], y[final], s=160, marker="*", color="red", edgecolor="black", linewidth=0.5,
+                       label="search's final pick", zorder=3)  # fmt: skip
+        dropped = np.array(panel.get("dropped") or [], dtype=float)
+        if dropped.size:
+            ax.scatter(dropped, np.full(dropped.size, 0.02), marker="|", s=60, color=FAILED_COLOR,
+                       transform=ax.get_xaxis_transform(), label=f"not run at {dear}")  # fmt: skip
+        values = np.concatenate([x, y, dropped])
+        low, high = float(values.min()), float(values.max())
+        ax.plot([low, high], [low, high], ":", color="0.5", linewidth=0.9)
+        rho = panel["spearman"]
+        shown = f"{rho:.2f}" if rho is not None else "n/a"
+        ax.set_title(f"{cheap} vs {dear}: Spearman {shown} (n={len(points)})", fontsize=10)
+        ax.set_xlabel(f"{metric} at {cheap}", fontsize=8)
+        ax.set_ylabel(f"{metric} at {dear}", fontsize=8)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    figure.suptitle(f"fidelity: each configuration's {metric} at a cheaper and a dearer fidelity", fontsize=10)
+    return figure
+
+
+def save_fidelity_figure(report: dict[str, Any], path: str | os.PathLike) -> Path | str:
+    """:func:`draw_fidelity` saved as a PNG at ``path`` (the driver's ``fidelity.png``); why not,
+    when it does not apply."""
+    drawn = draw_fidelity(report)
     return drawn if isinstance(drawn, str) else _save(drawn, Path(path))
 
 

@@ -26,7 +26,16 @@ def _names():
 
 
 def _params(name, folder):
-    """{} but for hf, whose default names a hub model: a tiny local one instead."""
+    """{} but for hf, whose default names a hub model: a tiny local one instead; and saved, which
+    needs a file: a small_cnn's weights with their architecture, as a search saves them."""
+    if name == "saved":
+        import json
+
+        folder.mkdir(parents=True)
+        model = build_model("small_cnn", {"width": 4, "depth": 1}, item_shape=SHAPES["image"], embedding_size=8)
+        torch.save(model.state_dict(), folder / "t.pt")
+        (folder / "t.json").write_text(json.dumps({"backbone": "small_cnn", "backbone.width": 4, "backbone.depth": 1}))
+        return {"path": str(folder / "t.pt")}
     if name != "hf":
         return {}
     import transformers

@@ -51,14 +51,17 @@ def _ids(params) -> set[int]:
 
 
 def test_a_default_glyphs_trial_gives_the_numbers_it_gave_before_schedules_and_amp_modes():
-    # computed on main at 8582c86 (before this change) with the same command, on this machine's torch
+    # computed on main at 8582c86 (before this change) with the same command, on this machine's torch;
+    # the tolerances are a CPU's: on an Intel Xeon the float sums differ from the AMD EPYC's that
+    # computed these by 1.2e-5 in ent, and 3 of 341 queries' nearest neighbours flip (recall@1
+    # 0.6686, MAP@R 0.1495); a schedule or amp change moves the terms by far more than 1e-4
     flat = {"dataset": "glyphs-tiny", "split": "test", "threads": 1, "epochs": 1, "steps_per_epoch": 4}
     result = run_trial(TrialConfig.from_flat(flat))
     assert result.history[0].terms == pytest.approx(
-        {"pos": -9.63234281539917, "ent": 9.411100387573242, "total": -0.22124242782592773}, rel=1e-6
+        {"pos": -9.63234281539917, "ent": 9.411100387573242, "total": -0.22124242782592773}, abs=1e-4
     )
-    assert result.metrics["recall_at_1"] == pytest.approx(0.6598240469208211, rel=1e-6)
-    assert result.metrics["map_at_r"] == pytest.approx(0.15093598892085375, rel=1e-6)
+    assert result.metrics["recall_at_1"] == pytest.approx(0.6598240469208211, abs=0.03)
+    assert result.metrics["map_at_r"] == pytest.approx(0.15093598892085375, abs=0.01)
 
 
 def test_the_scheduler_path_with_a_factor_of_one_changes_nothing():

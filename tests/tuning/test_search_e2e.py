@@ -114,6 +114,7 @@ def test_only_the_best_trials_weights_go_to_mlflow_and_load_weights_only(finishe
     from mlflow.tracking import MlflowClient
 
     from tuneddml.config import TrialConfig
+    from tuneddml.models import BACKBONES
     from tuneddml.results import row_config
     from tuneddml.training import Trainer
     from tuneddml.tuning.outcome import BEST_WEIGHTS
@@ -128,10 +129,17 @@ def test_only_the_best_trials_weights_go_to_mlflow_and_load_weights_only(finishe
         if artifacts:
             with_weights.add(row["trial_id"])
             folder = client.download_artifacts(row["mlflow_run_id"], "model", str(tmp_path / row["trial_id"]))
-            (weights,) = Path(folder).iterdir()
+            weights, architecture = sorted(Path(folder).iterdir(), key=lambda p: p.suffix != ".pt")
             state = torch.load(weights, weights_only=True)
             assert all(isinstance(v, torch.Tensor) for v in state.values())
-            Trainer(TrialConfig.from_flat(row_config(row))).model.load_state_dict(state)
+            trained = Trainer(TrialConfig.from_flat(row_config(row))).model
+            trained.load_state_dict(state)
+            # the trial's settings beside them: the saved backbone builds its architecture from them
+            assert architecture.name == f"{weights.stem}.json"
+            assert json.loads(architecture.read_text())["backbone"] == TrialConfig.from_flat(row_config(row)).backbone
+            saved = BACKBONES.build("saved", {"path": str(weights)}, item_shape=(1, 32, 32)).eval()
+            x = torch.rand(2, 1, 32, 32)
+            assert torch.equal(saved(x), trained.eval().backbone(x))
     assert with_weights == {r["trial_id"] for r in table[:BEST_WEIGHTS]} and len(table) > BEST_WEIGHTS
 
 

@@ -25,13 +25,25 @@ class Embedder(nn.Module):
     ``freeze_bn``: every batch-norm layer keeps its running statistics and its
     affine weights, as fine-tuning a pretrained backbone on small batches of few classes usually
     wants: the layers stay in eval mode when the model is put in train mode, and their weights do
-    not take gradients (so no optimiser changes them)."""
+    not take gradients (so no optimiser changes them).
 
-    def __init__(self, backbone: nn.Module, embedding_size: int, freeze_bn: bool = False) -> None:
+    ``freeze``: the whole backbone is frozen: it stays in eval mode, its parameters take no
+    gradient (the optimiser leaves them out) and it runs under ``torch.no_grad``; only the head
+    (and the loss's own parameters) train. Its features are then a function of the input alone,
+    which is what cached-feature trials (``features=cached``) store."""
+
+    def __init__(
+        self, backbone: nn.Module, embedding_size: int, freeze_bn: bool = False, freeze: bool = False
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(int(backbone.out_features), embedding_size)  # type: ignore[arg-type]
         self.freeze_bn = bool(freeze_bn)
+        self.freeze = bool(freeze)  # set before train() is called below
+        if self.freeze:
+            for p in self.backbone.parameters():
+                p.requires_grad_(False)
+            self.train(self.training)
         if self.freeze_bn:
             for layer in self._batch_norms():
                 for p in layer.parameters(recurse=False):
@@ -47,9 +59,15 @@ class Embedder(nn.Module):
         if self.freeze_bn and mode:
             for layer in self._batch_norms():
                 layer.eval()
+        if self.freeze and mode:
+            self.backbone.eval()
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.freeze:
+            with torch.no_grad():
+                features = self.backbone(x)
+            return self.head(features)
         return self.head(self.backbone(x))
 
 
@@ -60,11 +78,12 @@ def build_model(
     item_shape: tuple[int, ...],
     embedding_size: int,
     freeze_bn: bool = False,
+    freeze: bool = False,
 ) -> Embedder:
     """Build ``backbone`` for items of ``item_shape`` (``(C, H, W)`` images or ``(D,)`` vectors);
-    ``freeze_bn``: see :class:`Embedder`."""
+    ``freeze_bn``, ``freeze``: see :class:`Embedder`."""
     net = BACKBONES.build(backbone, params or {}, field="backbone", item_shape=item_shape)
-    return Embedder(net, embedding_size, freeze_bn=freeze_bn)
+    return Embedder(net, embedding_size, freeze_bn=freeze_bn, freeze=freeze)
 
 
 def check_backbone(backbone: str, params: Mapping[str, Any] | None) -> None:

@@ -271,9 +271,11 @@ class SearchRun:
         self.client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
 
     def log_weights(self, trial_id: str, weights_file: str) -> None:
-        """A trial's model weights (a weights-only ``torch.save`` file) as its run's ``model/``."""
+        """A trial's weights-only ``torch.save`` file, and the ``.json`` beside it, as its ``model/``."""
         run_id = self.trial_run(trial_id, {})
-        self.client.log_artifact(run_id, weights_file, artifact_path=WEIGHTS_FOLDER)
+        for file in (Path(weights_file), Path(weights_file).with_suffix(".json")):
+            if file == Path(weights_file) or file.is_file():
+                self.client.log_artifact(run_id, str(file), artifact_path=WEIGHTS_FOLDER)
 
     def lookup_run_ids(self) -> dict[str, str]:
         """Every child run of the search, by trial id (read from MLflow; the runs of trials that

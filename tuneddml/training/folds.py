@@ -66,7 +66,9 @@ class FoldsTrainer:
         self.device = self.folds[0].device
         self.test = None
         if config.split == "test":
-            self.test = make_split(dataset, split="test")
+            # features=cached: the test classes' cached features, as the fold models' data
+            source = self.folds[0].feature_dataset if config.features == "cached" else dataset
+            self.test = make_split(source, split="test")
             if config.resize_size is not None:
                 self.test = self.test.resized(config.resize_size)
         # the trial's data as its digest names it: the split it was asked for

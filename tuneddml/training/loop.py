@@ -28,7 +28,7 @@ from tuneddml.errors import ConfigError, TrialDiverged
 from tuneddml.losses.base import EpochContext
 from tuneddml.results import epoch_record
 from tuneddml.sampling.base import EmbeddingAugmenter
-from tuneddml.training import optimisation
+from tuneddml.training import features, optimisation
 
 
 @dataclass
@@ -113,7 +113,11 @@ class Trainer:
             item_shape=self.data.train.item_shape,
             embedding_size=config.embedding_size,
             freeze_bn=backbone_settings["freeze_bn"],
+            freeze=config.backbone_frozen,
         ).to(self.device)
+        self.feature_dataset: Any = None  # features=cached: the dataset of cached features
+        if config.features == "cached":  # the data: cached features; the backbone: an identity
+            features.use_cached_features(self, dataset)
         self.channels_last = optimisation.use_channels_last(
             config, self.device, self.data.train.item_shape, self.model
         )
@@ -159,7 +163,7 @@ class Trainer:
         parts = {"train": self.data.train, "query": self.data.query, "gallery": self.data.gallery}
         return InputPipeline(
             parts,
-            augmentation=self.data.augmentation,
+            augmentation=self.data.augmentation if self.config.augments else "none",
             seed=self.config.seed,
             device=self.device,
             workers=self.config.workers,
@@ -185,6 +189,7 @@ class Trainer:
         epoch = self.epoch + 1
         self.model.train()
         self.loss.train()
+        features.select_epoch_view(self, epoch)  # feature_views: this epoch's augmented view
         context = self._context(epoch)
         self.loss.on_epoch_start(epoch, context)
         if self.embedding_aug is not None:

@@ -87,7 +87,10 @@ WEIGHTS_FOLDER = "weights"  # in the search's folder: those weights, weights-onl
 def save_weights(rows: list[dict], checkpoints: dict[str, str], request: SearchRequest, out: IO[str]) -> dict[str, Path]:
     """The model weights (no optimiser, no RNG) of the best :data:`BEST_WEIGHTS` trials, as
     weights-only ``torch.save`` files in the search's folder, by trial id (a cross-validated
-    trial's: every fold model's, keyed ``fold<i>.<parameter>``)."""
+    trial's: every fold model's, keyed ``fold<i>.<parameter>``), each with its architecture beside
+    it (:func:`write_architecture`: ``<trial_id>.json``), which ``backbone=saved`` reads."""
+    from tuneddml.results import row_config
+
     metric, mode = request.space.metric, request.space.mode
     scored = [r for r in rows if r.get(f"{BEST}{metric}") is not None and r["status"] != "failed"]
     scored.sort(key=lambda r: r[f"{BEST}{metric}"], reverse=mode == "max")
@@ -109,10 +112,24 @@ def save_weights(rows: list[dict], checkpoints: dict[str, str], request: SearchR
             else:
                 weights = state["model"]
             torch.save({k: v.detach().clone() for k, v in weights.items()}, target)
+            write_architecture(target, state.get("config") or row_config(row))
             saved[row["trial_id"]] = target
         except Exception as exc:  # the weights are a bonus: never cost the search its results
             print(f"warning: weights of trial {row['trial_id']} not saved: {exc}", file=out)
     return saved
+
+
+def write_architecture(weights: Path, config: dict[str, Any]) -> Path:
+    """``<trial_id>.json`` beside a weights file: the trial's flat config (``backbone``,
+    ``backbone.<param>``, ...), so the weights say which architecture they belong to (the ``saved``
+    backbone builds it from this). Written atomically."""
+    import json
+
+    target = weights.with_suffix(".json")
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps(dict(config), indent=1, sort_keys=True, default=str) + "\n")
+    tmp.replace(target)
+    return target
 
 
 def trial_series(rows: list[dict], metric: str, mode: str) -> dict[str, list[list[float]]]:

@@ -10,6 +10,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from tuneddml.errors import ConfigError
@@ -168,6 +169,8 @@ def prepare_search(
             raise ConfigError(
                 "--name", name, "a new search name (that one exists: add --resume to continue it)"
             )
+    if not resume:  # the trials run in Ray's own folders: a path given relative to here, made absolute
+        overrides = absolute_paths(overrides or {})
     request = SearchRequest(
         loaded,
         searcher,
@@ -191,6 +194,21 @@ def prepare_search(
     # data, sampler, loss and metric of the representative points
     check_trials(loaded, request.fixed, cluster=address is not None)
     return request
+
+
+#: settings that are paths on the machine that starts the search
+PATH_SETTINGS = ("data_root", "feature_cache", "backbone.path")
+
+
+def absolute_paths(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` with each relative :data:`PATH_SETTINGS` value made absolute from the working
+    folder (a trial runs in Ray's trial folder, where a relative path would not be found)."""
+    out = dict(settings)
+    for key in PATH_SETTINGS:
+        value = out.get(key)
+        if isinstance(value, str) and value and "://" not in value and not Path(value).expanduser().is_absolute():
+            out[key] = str(Path(value).expanduser().resolve())
+    return out
 
 
 def local_gpu_count() -> int:
