@@ -6,7 +6,6 @@ resume that does nothing new."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
@@ -16,7 +15,6 @@ import sys
 
 import pytest
 
-from tests.tuning import fidelity_standin
 from tests.tuning.procs import ROOT, child_env, short_tmp
 from tuneddml.errors import ConfigError
 from tuneddml.multifidelity import main
@@ -33,8 +31,6 @@ from tuneddml.tuning.multifidelity_request import (
     rung_space,
 )
 from tuneddml.tuning.multifidelity_rows import ancestor_links, point_of, promoted
-
-fidelity_standin.install()  # until tuneddml.results.fidelity is merged: its API's stand-in
 
 #: the cheapest real trial: a 4-wide one-stage CNN on 16x16 glyphs, 3 steps of one epoch
 TINY = [
@@ -267,9 +263,8 @@ def test_the_reports_correlations_and_regrets_become_metrics():
 
 
 def _run(args, cwd, env):  # type: ignore[no-untyped-def]
-    # the CLI, with the fidelity module's stand-in where it is not merged yet (a no-op once it is)
     return subprocess.run(
-        [sys.executable, "-m", "tests.tuning.fidelity_standin", *args],
+        [sys.executable, "-m", "tuneddml.multifidelity", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=400,
     )
 
@@ -279,9 +274,8 @@ def _run(args, cwd, env):  # type: ignore[no-untyped-def]
 def test_a_tiny_multi_fidelity_search_end_to_end(tmp_path):
     from mlflow.tracking import MlflowClient
 
+    from tuneddml.results.fidelity import config_key
     from tuneddml.tuning.multifidelity_rows import read_rows
-
-    config_key = importlib.import_module("tuneddml.results.fidelity").config_key  # the stand-in's, until merged
 
     ray_tmp = short_tmp("mf")
     env = child_env(ray_tmp) | {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}

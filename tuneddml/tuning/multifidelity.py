@@ -271,14 +271,14 @@ def _finish(request: MultiFidelityRequest, state: dict[str, Any], run: Any, star
             print(f"warning: MLflow: the parent run was not ended ({exc})", file=out)
         return _summary(request, state, run, {}, {}, seconds, out)
     rungs = [read_rows(folder / SEARCHES_FOLDER / rung_name(i)) for i, _ in ran]
-    names = [f"{rung_name(i)} {s['fidelity']}" for i, s in ran]
+    names = [f"rung {i} ({s['fidelity']})" for i, s in ran]
     checked = (state.get("check") or {}).get("status") == "done"
     check_rows = read_rows(folder / SEARCHES_FOLDER / CHECK) if checked else None
+    # compute as the rows' trial seconds (the check's likewise), not the searches' wall time
     report = fidelity_report(
-        rungs, request.searched, request.metric, request.mode, names=names, seconds=seconds, check=check_rows,
-        top_k=request.rungs[-1].n,
+        rungs, request.searched, request.metric, request.mode, names=names, check=check_rows, top_k=request.rungs[-1].n
     )
-    files = dict(write_fidelity_report(report, folder))
+    drawn = None
     try:
         from tuneddml.plots import draw_fidelity
 
@@ -287,9 +287,13 @@ def _finish(request: MultiFidelityRequest, state: dict[str, Any], run: Any, star
             print(f"fidelity figure not drawn: {figure}", file=out)
         else:
             figure.savefig(folder / FIGURE_FILE, dpi=120)
-            files["figure"] = folder / FIGURE_FILE
+            drawn = folder / FIGURE_FILE
     except Exception as exc:  # a figure must never cost the report
         print(f"warning: fidelity figure not drawn: {exc}", file=out)
+    title = f"Fidelity report: multi-fidelity search {request.name} ({request.space_name})"
+    files = dict(write_fidelity_report(report, folder, title=title, figure=FIGURE_FILE if drawn else None))
+    if drawn:
+        files["figure"] = drawn
     try:
         status = "FINISHED" if len(ran) == len(request.rungs) else "FAILED"
         run.finish(files=[Path(p) for p in files.values()], metrics=report_metrics(report), status=status)
