@@ -334,29 +334,32 @@ def prepare_benchmark(
     return request
 
 
-def _resumed(
+def resumed_settings(
     storage: Path,
     name: str | None,
     given: dict[str, Any],
     overrides: dict[str, Any] | None,
     address: str | None,
     tracking_uri: str | None,
-) -> BenchmarkRequest:
-    """The request a benchmark was started with (``--resume``); a flag or setting that would change
-    it is refused."""
+    *,
+    record_file: str,
+    record_format: int,
+    what: str,
+) -> tuple[str, dict[str, Any]]:
+    """The name and recorded settings of the ``what`` (a benchmark, a multi-fidelity search) to
+    resume: ``name``, or the latest under ``storage`` holding ``record_file``; a flag or setting
+    that would change it is refused."""
     if name is None:
-        found = sorted(
-            (p for p in storage.glob(f"*/{BENCHMARK_FILE}")), key=lambda p: os.path.getmtime(p), reverse=True
-        )
+        found = sorted(storage.glob(f"*/{record_file}"), key=lambda p: os.path.getmtime(p), reverse=True)
         if not found:
-            raise ConfigError("--resume", str(storage), "a folder holding a benchmark to resume (--storage)")
+            raise ConfigError("--resume", str(storage), f"a folder holding {what} to resume (--storage)")
         name = found[0].parent.name
-    record = storage / name / BENCHMARK_FILE
+    record = storage / name / record_file
     if not record.is_file():
-        raise ConfigError("--name", name, f"a benchmark under {storage} to resume")
+        raise ConfigError("--name", name, f"{what} under {storage} to resume")
     state = json.loads(record.read_text())
-    if state.get("format") != BENCHMARK_FORMAT:
-        raise ConfigError("--name", name, f"a benchmark record of format {BENCHMARK_FORMAT}")
+    if state.get("format") != record_format:
+        raise ConfigError("--name", name, f"a record of {what} of format {record_format}")
     settings = state["settings"]
     if address is not None:
         from tuneddml.tuning.request import _check_address
@@ -368,9 +371,23 @@ def _resumed(
     if tracking_uri and tracking_uri != settings["tracking_uri"]:
         changed.append(f"--tracking-uri {tracking_uri}")
     if changed:
-        raise ConfigError(
-            "--resume", ", ".join(changed)[:80], "no flag that changes the benchmark: it keeps its settings"
-        )
+        raise ConfigError("--resume", ", ".join(changed)[:80], f"no flag that changes {what}: it keeps its settings")
+    return name, settings
+
+
+def _resumed(
+    storage: Path,
+    name: str | None,
+    given: dict[str, Any],
+    overrides: dict[str, Any] | None,
+    address: str | None,
+    tracking_uri: str | None,
+) -> BenchmarkRequest:
+    """The request a benchmark was started with (``--resume``)."""
+    name, settings = resumed_settings(
+        storage, name, given, overrides, address, tracking_uri,
+        record_file=BENCHMARK_FILE, record_format=BENCHMARK_FORMAT, what="the benchmark",
+    )
     return BenchmarkRequest(
         name=name,
         losses=settings["losses"],

@@ -14,7 +14,6 @@ space's ``num_samples``, a later rung a quarter of the rung before it (at least 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -320,29 +319,12 @@ def _resumed(
     tracking_uri: str | None,
 ) -> MultiFidelityRequest:
     """The request it was started with (``--resume``); a flag or setting that would change it is refused."""
-    if name is None:
-        found = sorted(storage.glob(f"*/{MULTIFIDELITY_FILE}"), key=lambda p: os.path.getmtime(p), reverse=True)
-        if not found:
-            raise ConfigError("--resume", str(storage), "a folder holding a multi-fidelity search to resume (--storage)")
-        name = found[0].parent.name
-    record = storage / name / MULTIFIDELITY_FILE
-    if not record.is_file():
-        raise ConfigError("--name", name, f"a multi-fidelity search under {storage} to resume")
-    state = json.loads(record.read_text())
-    if state.get("format") != MULTIFIDELITY_FORMAT:
-        raise ConfigError("--name", name, f"a multi-fidelity record of format {MULTIFIDELITY_FORMAT}")
-    settings = state["settings"]
-    if address is not None:
-        from tuneddml.tuning.request import _check_address
+    from tuneddml.tuning.benchmark_request import resumed_settings
 
-        _check_address(address)
-    changed = [f"{flag} {value}" for flag, value in given.items() if value is not None]
-    if overrides:
-        changed.append(" ".join(f"{k}={v}" for k, v in overrides.items()))
-    if tracking_uri and tracking_uri != settings["tracking_uri"]:
-        changed.append(f"--tracking-uri {tracking_uri}")
-    if changed:
-        raise ConfigError("--resume", ", ".join(changed)[:80], "no flag that changes the search: it keeps its settings")
+    name, settings = resumed_settings(
+        storage, name, given, overrides, address, tracking_uri,
+        record_file=MULTIFIDELITY_FILE, record_format=MULTIFIDELITY_FORMAT, what="the multi-fidelity search",
+    )
     return MultiFidelityRequest(
         name=name,
         space_name=settings["space"],
