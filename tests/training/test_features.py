@@ -268,3 +268,59 @@ def test_features_cached_alone_implies_a_frozen_backbone_and_no_augmentation():
     assert TrialConfig.from_flat({"backbone.freeze": True, "augment": False}).backbone_frozen
     # a full config turned into a cached one keeps working (its flat keys hold augment=None)
     assert not full.replace(features="cached").augments
+
+
+_TRIAL_CHILD = """
+import json, sys, time
+import tuneddml.data.feature_cache as fc
+from tuneddml.config import TrialConfig
+from tuneddml.training import run_trial
+
+flat, counter, start = json.loads(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+original = fc.cached
+
+def counting(folder, key, build, **kwargs):
+    def counted():
+        with open(counter, "a") as out:
+            out.write(key + "\\n")
+        return build()
+    return original(folder, key, counted, **kwargs)
+
+fc.cached = counting  # features.py looks it up in the module when it needs it
+config = TrialConfig.from_flat(flat)
+while time.time() < start:
+    time.sleep(0.01)
+print(json.dumps(run_trial(config).metrics))
+"""
+
+
+@pytest.mark.slow  # two processes, each importing torch and training
+def test_two_concurrent_cached_trials_build_one_cache_and_agree(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    flat = {**SMALL, "features": "cached", "feature_cache": str(tmp_path / "cache"), "epochs": 1}
+    counter = tmp_path / "builds"
+    start = str(time.time() + 6.0)  # both import torch first, then start their trials together
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _TRIAL_CHILD, json.dumps(flat), str(counter), start],
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=120)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    built = counter.read_text().split()
+    assert len(built) == len(set(built)) == 2  # train and test: each part built once, by one of them
+    assert len(list((tmp_path / "cache").glob("*.arrow"))) == 2
+    assert not list((tmp_path / "cache").glob("*.tmp*"))
+    first, second = (json.loads(o.strip().splitlines()[-1]) for o in outs)
+    assert first == second
