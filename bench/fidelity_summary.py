@@ -91,7 +91,7 @@ if __name__ == "__main__":
     for name in ("check16", "check24-random"):
         if (runs / name / "fidelity.json").is_file():
             rates(runs, name)
-    full = ["full16-s0", "full16-seed1", "full16-seed2"]
+    full = [f"full16-seed{s}" for s in range(3)]
     mf = [f"mf16x2-seed{s}" for s in range(3)]
     if all((runs / n).is_dir() for n in full + mf):
         targets(runs, full, mf)

@@ -1,3 +1,4 @@
+# Long file: a benchmark's request: its flags, every search of it checked up front, the spaces it writes and its resume (resumed_settings, shared with the multi-fidelity search).
 """A benchmark request, validated before Ray or MLflow start (:func:`prepare_benchmark`), and the
 space files it runs: one search per loss over the loss's own declared ranges, then the final
 re-training of each loss's best configuration (:func:`final_space`).
